@@ -1,1 +1,24 @@
-"""seg_backbones (PKUSeg)."""
+"""seg_backbones (PKUSeg): dilated ResNets with a feature contract and verified weight import.
+
+```python
+from seg_backbones import create_backbone, load_pretrained
+bb = create_backbone("resnet101_deep", output_stride=8)
+feats = bb(x)          # [layer1, layer2, layer3, layer4]
+bb.feature_info        # [FeatureInfo(256, 4), (512, 8), (1024, 8), (2048, 8)]
+```
+"""
+
+from . import resnet as _resnet  # noqa: F401  (registers the ResNet variants)
+from ._features import FeatureInfo
+from ._registry import create_backbone, list_backbones, register_backbone
+from .norm import FrozenBatchNorm2d
+from .resnet import ResNet
+
+__all__ = [
+    "FeatureInfo",
+    "FrozenBatchNorm2d",
+    "ResNet",
+    "create_backbone",
+    "list_backbones",
+    "register_backbone",
+]

@@ -1,0 +1,453 @@
+"""Dilated ResNets for segmentation, with three stems.
+
+He et al., "Deep Residual Learning for Image Recognition" (CVPR 2016); the deep
+stems follow He et al., "Bag of Tricks for Image Classification" (ResNet-C, 2019).
+
+* ``resnet{18,34,50,101,152}``: torchvision's ResNet, 7x7 stem, parameter for
+  parameter (state-dict keys ``conv1``, ``bn1``, ``layerN.M.*`` as torchvision).
+* ``resnet{18,34,50,101}_v1c``: mmsegmentation's ``ResNetV1c``: three 3x3 convs
+  3->32 (stride 2) ->32 ->64, each followed by BN + ReLU, then max-pool.
+* ``resnet{18,34,50,101}_deep``: the "3x3-Res" stem of CSAIL
+  semantic-segmentation-pytorch / torchcv / PyTorch-Encoding / PKUSeg:
+  3->64 (stride 2) ->64 ->128, so layer1 starts from 128 channels.
+
+Both deep stems are an ``nn.Sequential`` called ``stem`` laid out as mmseg's
+(``stem.0`` conv, ``stem.1`` norm, ``stem.2`` ReLU, ``stem.3``/``4``/``5``,
+``stem.6``/``7``/``8``). Bottleneck blocks put the stride on the 3x3 conv
+(torchvision, mmseg ``style='pytorch'``). Dilated BasicBlocks dilate ``conv1`` only
+and keep ``conv2`` at dilation 1, as mmseg's ``BasicBlock``.
+
+Output stride (``8 | 16 | 32``) replaces the stride of layer3/layer4 with
+dilation: OS8 uses strides (1, 2, 1, 1) and dilations (1, 1, 2, 4), OS16
+(1, 2, 2, 1) and (1, 1, 1, 2). With ``contract_dilation=True`` (mmseg's configs,
+torchvision's ``replace_stride_with_dilation``, CSAIL) the first block of a
+dilated stage uses half the stage dilation; ``False`` reproduces PKUSeg.
+``multi_grid`` sets the layer4 block dilations: ``"multiply"`` gives stage
+dilation x grid (DeepLabV3 paper, PKUSeg: OS8, (1, 2, 4) -> 4, 8, 16);
+``"absolute"`` uses the grid as is (mmseg: (1, 2, 4) -> 1, 2, 4). With a
+multi-grid, ``contract_dilation`` does not apply to layer4 (as in mmseg).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ._features import FeatureInfo
+from ._registry import register_backbone
+from .norm import NormLayer, get_norm_layer, is_batch_norm
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet"]
+
+StemType = Literal["7x7", "deep"]
+MultiGridMode = Literal["multiply", "absolute"]
+
+# output stride -> (strides, dilations) of layer1..layer4
+_STRIDES_DILATIONS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    32: ((1, 2, 2, 2), (1, 1, 1, 1)),
+    16: ((1, 2, 2, 1), (1, 1, 1, 2)),
+    8: ((1, 2, 1, 1), (1, 1, 2, 4)),
+}
+
+
+def _conv3x3(cin: int, cout: int, *, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual (ResNet-18/34). ``dilation`` applies to ``conv1``."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(inplanes, planes, stride=stride, dilation=dilation)
+        self.bn1 = norm_layer(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = norm_layer(planes)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride, dilation) -> 1x1 with a residual (ResNet-50/101/152)."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        width = planes
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = norm_layer(width)
+        self.conv2 = _conv3x3(width, width, stride=stride, dilation=dilation)
+        self.bn2 = norm_layer(width)
+        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
+        self.bn3 = norm_layer(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+Block = type[BasicBlock] | type[Bottleneck]
+
+
+def block_dilations(
+    num_blocks: int,
+    dilation: int,
+    *,
+    contract_dilation: bool,
+    multi_grid: Sequence[int] | None = None,
+    multi_grid_mode: MultiGridMode = "multiply",
+) -> list[int]:
+    """Dilation of each block of a stage whose (stage) dilation is ``dilation``."""
+    if multi_grid is not None:
+        if multi_grid_mode == "multiply":
+            return [dilation * g for g in multi_grid]
+        return list(multi_grid)
+    first = dilation // 2 if contract_dilation and dilation > 1 else dilation
+    return [first] + [dilation] * (num_blocks - 1)
+
+
+class ResNet(nn.Module):
+    """ResNet backbone returning the outputs of layer1..layer4 as a list.
+
+    Use :func:`seg_backbones.create_backbone` rather than this class directly;
+    the module docstring explains every option.
+    """
+
+    def __init__(
+        self,
+        *,
+        block: Block,
+        layers: Sequence[int],
+        stem_type: StemType = "7x7",
+        stem_width: int = 64,
+        inplanes: int = 64,
+        output_stride: int = 32,
+        contract_dilation: bool = True,
+        multi_grid: Sequence[int] | None = None,
+        multi_grid_mode: MultiGridMode = "multiply",
+        norm_layer: str | NormLayer = "bn",
+        norm_eval: bool = False,
+        frozen_stages: int = -1,
+        zero_init_residual: bool = False,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        if output_stride not in _STRIDES_DILATIONS:
+            raise ValueError(
+                f"output_stride must be one of {sorted(_STRIDES_DILATIONS)}, got {output_stride!r}"
+            )
+        if multi_grid_mode not in ("multiply", "absolute"):
+            raise ValueError(
+                f"multi_grid_mode must be 'multiply' or 'absolute', got {multi_grid_mode!r}"
+            )
+        if multi_grid is not None:
+            multi_grid = tuple(multi_grid)
+            if len(multi_grid) != layers[3] or not all(
+                isinstance(g, int) and g >= 1 for g in multi_grid
+            ):
+                raise ValueError(
+                    f"multi_grid must be {layers[3]} positive ints, one per layer4 block, "
+                    f"got {multi_grid!r} (e.g. multi_grid=(1, 2, 4))"
+                )
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
+            raise ValueError(
+                f"frozen_stages must be an int in [-1, 4] (-1: none, 0: stem, k: stem and "
+                f"layer1..layerk), got {frozen_stages!r}"
+            )
+        if stem_type not in ("7x7", "deep"):
+            raise ValueError(f"stem_type must be '7x7' or 'deep', got {stem_type!r}")
+        norm = get_norm_layer(norm_layer)
+        self.stem_type: StemType = stem_type
+        self.output_stride = output_stride
+        self.norm_eval = norm_eval
+        self.frozen_stages = frozen_stages
+
+        if stem_type == "7x7":
+            self.conv1 = nn.Conv2d(in_chans, inplanes, 7, stride=2, padding=3, bias=False)
+            self.bn1 = norm(inplanes)
+            self.relu = nn.ReLU(inplace=True)
+        else:
+            self.stem = nn.Sequential(
+                _conv3x3(in_chans, stem_width, stride=2),
+                norm(stem_width),
+                nn.ReLU(inplace=True),
+                _conv3x3(stem_width, stem_width),
+                norm(stem_width),
+                nn.ReLU(inplace=True),
+                _conv3x3(stem_width, inplanes),
+                norm(inplanes),
+                nn.ReLU(inplace=True),
+            )
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+        strides, dilations = _STRIDES_DILATIONS[output_stride]
+        self.feature_info: list[FeatureInfo] = []
+        reduction = 4
+        for i, (num_blocks, stride, dilation) in enumerate(
+            zip(layers, strides, dilations, strict=True)
+        ):
+            planes = 64 * 2**i
+            dils = block_dilations(
+                num_blocks,
+                dilation,
+                contract_dilation=contract_dilation,
+                multi_grid=multi_grid if i == 3 else None,
+                multi_grid_mode=multi_grid_mode,
+            )
+            self.add_module(
+                f"layer{i + 1}", self._make_layer(block, inplanes, planes, stride, dils, norm)
+            )
+            inplanes = planes * block.expansion
+            reduction *= stride
+            self.feature_info.append(FeatureInfo(inplanes, reduction))
+
+        self._init_weights(zero_init_residual)
+        self._freeze_stages()
+
+    @staticmethod
+    def _make_layer(
+        block: Block,
+        inplanes: int,
+        planes: int,
+        stride: int,
+        dilations: Sequence[int],
+        norm: NormLayer,
+    ) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+                norm(planes * block.expansion),
+            )
+        blocks: list[nn.Module] = []
+        for j, dilation in enumerate(dilations):
+            blocks.append(
+                block(
+                    inplanes if j == 0 else planes * block.expansion,
+                    planes,
+                    stride=stride if j == 0 else 1,
+                    dilation=dilation,
+                    downsample=downsample if j == 0 else None,
+                    norm_layer=norm,
+                )
+            )
+        return nn.Sequential(*blocks)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        # torchvision's initialisation
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm) and m.affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                last = getattr(m, "bn3", None) if isinstance(m, Bottleneck) else None
+                if isinstance(m, BasicBlock):
+                    last = m.bn2
+                weight = getattr(last, "weight", None)
+                if isinstance(weight, Tensor):
+                    with torch.no_grad():
+                        weight.zero_()
+
+    def _stem_modules(self) -> list[nn.Module]:
+        return [self.stem] if self.stem_type == "deep" else [self.conv1, self.bn1]
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return self._stem_modules() + [
+            getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)
+        ]
+
+    def _freeze_stages(self) -> None:
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ResNet:
+        """Set train mode, keeping frozen stages (and all BN layers if ``norm_eval``) in eval."""
+        super().train(mode)
+        if mode:
+            self._freeze_stages()
+            if self.norm_eval:
+                for m in self.modules():
+                    if is_batch_norm(m):
+                        m.eval()
+        return self
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        if self.stem_type == "deep":
+            x = self.stem(x)
+        else:
+            x = self.relu(self.bn1(self.conv1(x)))
+        x = self.maxpool(x)
+        feats = []
+        for i in range(1, 5):
+            x = getattr(self, f"layer{i}")(x)
+            feats.append(x)
+        return feats
+
+
+# ----------------------------------------------------------------------------------------
+# variants: plain data merged with the user's keyword-only options
+
+_DEPTHS: dict[int, tuple[Block, tuple[int, int, int, int]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+}
+
+_STEMS: dict[str, dict[str, Any]] = {
+    "torchvision": {"stem_type": "7x7", "stem_width": 64, "inplanes": 64},
+    "v1c": {"stem_type": "deep", "stem_width": 32, "inplanes": 64},  # mmseg ResNetV1c
+    "deep": {"stem_type": "deep", "stem_width": 64, "inplanes": 128},  # CSAIL 3x3-Res
+}
+
+
+def _create_resnet(
+    depth: int,
+    stem: str,
+    *,
+    output_stride: int = 32,
+    contract_dilation: bool = True,
+    multi_grid: Sequence[int] | None = None,
+    multi_grid_mode: MultiGridMode = "multiply",
+    norm_layer: str | NormLayer = "bn",
+    norm_eval: bool = False,
+    frozen_stages: int = -1,
+    zero_init_residual: bool = False,
+    in_chans: int = 3,
+) -> ResNet:
+    block, layers = _DEPTHS[depth]
+    return ResNet(
+        block=block,
+        layers=layers,
+        **_STEMS[stem],
+        output_stride=output_stride,
+        contract_dilation=contract_dilation,
+        multi_grid=multi_grid,
+        multi_grid_mode=multi_grid_mode,
+        norm_layer=norm_layer,
+        norm_eval=norm_eval,
+        frozen_stages=frozen_stages,
+        zero_init_residual=zero_init_residual,
+        in_chans=in_chans,
+    )
+
+
+@register_backbone
+def resnet18(**kwargs: Any) -> ResNet:
+    """torchvision ResNet-18 (7x7 stem)."""
+    return _create_resnet(18, "torchvision", **kwargs)
+
+
+@register_backbone
+def resnet34(**kwargs: Any) -> ResNet:
+    """torchvision ResNet-34 (7x7 stem)."""
+    return _create_resnet(34, "torchvision", **kwargs)
+
+
+@register_backbone
+def resnet50(**kwargs: Any) -> ResNet:
+    """torchvision ResNet-50 (7x7 stem)."""
+    return _create_resnet(50, "torchvision", **kwargs)
+
+
+@register_backbone
+def resnet101(**kwargs: Any) -> ResNet:
+    """torchvision ResNet-101 (7x7 stem)."""
+    return _create_resnet(101, "torchvision", **kwargs)
+
+
+@register_backbone
+def resnet152(**kwargs: Any) -> ResNet:
+    """torchvision ResNet-152 (7x7 stem)."""
+    return _create_resnet(152, "torchvision", **kwargs)
+
+
+@register_backbone
+def resnet18_v1c(**kwargs: Any) -> ResNet:
+    """mmseg ResNetV1c-18 (deep stem 32-32-64)."""
+    return _create_resnet(18, "v1c", **kwargs)
+
+
+@register_backbone
+def resnet34_v1c(**kwargs: Any) -> ResNet:
+    """mmseg ResNetV1c-34 (deep stem 32-32-64)."""
+    return _create_resnet(34, "v1c", **kwargs)
+
+
+@register_backbone
+def resnet50_v1c(**kwargs: Any) -> ResNet:
+    """mmseg ResNetV1c-50 (deep stem 32-32-64)."""
+    return _create_resnet(50, "v1c", **kwargs)
+
+
+@register_backbone
+def resnet101_v1c(**kwargs: Any) -> ResNet:
+    """mmseg ResNetV1c-101 (deep stem 32-32-64)."""
+    return _create_resnet(101, "v1c", **kwargs)
+
+
+@register_backbone
+def resnet18_deep(**kwargs: Any) -> ResNet:
+    """3x3-Res ResNet-18 (CSAIL/PKUSeg deep stem 64-64-128)."""
+    return _create_resnet(18, "deep", **kwargs)
+
+
+@register_backbone
+def resnet34_deep(**kwargs: Any) -> ResNet:
+    """3x3-Res ResNet-34 (CSAIL/PKUSeg deep stem 64-64-128)."""
+    return _create_resnet(34, "deep", **kwargs)
+
+
+@register_backbone
+def resnet50_deep(**kwargs: Any) -> ResNet:
+    """3x3-Res ResNet-50 (CSAIL/PKUSeg deep stem 64-64-128)."""
+    return _create_resnet(50, "deep", **kwargs)
+
+
+@register_backbone
+def resnet101_deep(**kwargs: Any) -> ResNet:
+    """3x3-Res ResNet-101 (CSAIL/PKUSeg deep stem 64-64-128)."""
+    return _create_resnet(101, "deep", **kwargs)
