@@ -1,0 +1,231 @@
+"""Test-time inference: whole image, sliding window, multi-scale and flip.
+
+One entry point, :func:`predict_logits`, maps a batch of normalised images to
+class logits at a requested output size. The three modes follow
+mmsegmentation's ``EncoderDecoder`` (``whole_inference``, ``slide_inference``
+and ``aug_test``/``SegTTAModel``):
+
+* ``"whole"``: one forward pass over the whole image, logits bilinearly
+  resized to ``out_size``.
+* ``"slide"``: a grid of ``crop_size`` windows placed every ``stride`` pixels;
+  the last window of each row/column is shifted back so that it ends at the
+  image border, hence windows overlap and every pixel is covered. The logits
+  of all windows are summed and divided by the per-pixel window count. An
+  image side shorter than the crop gives a window of the image's length along
+  that side; with ``slide_pad=True`` (default) that window is zero-padded
+  (zero = the mean colour after normalisation) at the bottom/right to the full
+  crop so that the network always sees ``crop_size`` inputs, and the padded
+  part of the logits is discarded. ``slide_pad=False`` feeds the smaller
+  window unpadded, exactly as mmseg does.
+* ``"multiscale"``: the image is resized by each factor in ``scales``
+  (relative to the input size, ``int(side * scale + 0.5)`` pixels), optionally
+  also flipped horizontally; each view is inferred whole (or by sliding
+  window when ``crop_size`` and ``stride`` are given, like mmseg's ``aug_test``
+  with ``mode='slide'``), its logits are resized back to ``out_size`` (and
+  un-flipped), turned into probabilities with softmax, and the probabilities
+  are averaged, as mmseg does. The result is returned as the log of the mean
+  probability, which is a valid logit tensor (its softmax is the mean
+  probability, its argmax the averaged prediction).
+
+``flip=True`` is also accepted by ``"whole"`` and ``"slide"``: the original
+and the flipped view are then averaged the same way.
+
+When only one view is computed (no flip, one scale) the raw logits are
+returned unchanged, so ``mode="multiscale", scales=(1.0,)`` equals ``"whole"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MODES", "predict_logits", "slide_windows"]
+
+MODES = ("whole", "slide", "multiscale")
+
+
+def _pair(value: int | Sequence[int] | None, name: str) -> tuple[int, int] | None:
+    """Normalise an int or a 2-sequence ``(h, w)`` to a tuple of positive ints."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        pair = (value, value)
+    else:
+        pair = tuple(int(v) for v in value)
+        if len(pair) != 2:
+            raise ValueError(f"{name} must be an int or [height, width]; got {value!r}")
+    if min(pair) <= 0:
+        raise ValueError(f"{name} must be positive; got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _forward(model: nn.Module, images: Tensor) -> Tensor:
+    """Run ``model`` and return the main logits (``out["out"]`` for dict outputs)."""
+    out = model(images)
+    if isinstance(out, dict):
+        out = out["out"]
+    if not isinstance(out, Tensor) or out.dim() != 4:
+        raise TypeError(
+            "the model must return an N x K x H x W tensor or a dict with key 'out' holding "
+            f"one; got {type(out).__name__}"
+        )
+    return out.float()
+
+
+def _resize(logits: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def slide_windows(
+    height: int, width: int, crop_size: tuple[int, int], stride: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
+    """Windows ``(y1, y2, x1, x2)`` of mmseg's sliding-window grid over an image.
+
+    ``grids = max(side - crop + stride - 1, 0) // stride + 1`` per axis; a
+    window starts at ``idx * stride``, ends at ``min(start + crop, side)`` and
+    is then shifted back to ``max(end - crop, 0)`` so the last one touches the
+    border.
+    """
+    h_crop, w_crop = crop_size
+    h_stride, w_stride = stride
+    h_grids = max(height - h_crop + h_stride - 1, 0) // h_stride + 1
+    w_grids = max(width - w_crop + w_stride - 1, 0) // w_stride + 1
+    windows = []
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y2 = min(h_idx * h_stride + h_crop, height)
+            x2 = min(w_idx * w_stride + w_crop, width)
+            windows.append((max(y2 - h_crop, 0), y2, max(x2 - w_crop, 0), x2))
+    return windows
+
+
+def _slide(
+    model: nn.Module,
+    images: Tensor,
+    crop_size: tuple[int, int],
+    stride: tuple[int, int],
+    num_classes: int,
+    pad: bool,
+) -> Tensor:
+    """Sliding-window logits at the input resolution (see the module docstring)."""
+    n, _, height, width = images.shape
+    logits = images.new_zeros((n, num_classes, height, width), dtype=torch.float32)
+    count = images.new_zeros((1, 1, height, width), dtype=torch.float32)
+    for y1, y2, x1, x2 in slide_windows(height, width, crop_size, stride):
+        crop = images[:, :, y1:y2, x1:x2]
+        h, w = y2 - y1, x2 - x1
+        if pad and (h < crop_size[0] or w < crop_size[1]):
+            crop = F.pad(crop, (0, crop_size[1] - w, 0, crop_size[0] - h))
+        crop_logits = _forward(model, crop)[:, :, :h, :w]
+        if crop_logits.shape[1] != num_classes:
+            raise ValueError(
+                f"the model returned {crop_logits.shape[1]} channels but num_classes={num_classes}"
+            )
+        logits[:, :, y1:y2, x1:x2] += crop_logits
+        count[:, :, y1:y2, x1:x2] += 1
+    if (count == 0).any():  # cannot happen with the grid above; guards future edits
+        raise RuntimeError("sliding-window inference left pixels uncovered")
+    return logits / count
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    mode: str = "whole",
+    crop_size: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    num_classes: int,
+    align_corners: bool = False,
+    out_size: Sequence[int] | None = None,
+    slide_pad: bool = True,
+) -> Tensor:
+    """Class logits ``N x num_classes x H_out x W_out`` for a batch of normalised images.
+
+    Args:
+        model: segmentation model in eval mode returning ``{"out": logits}`` (or a tensor)
+            at its input resolution.
+        images: ``N x C x H x W`` float batch, already normalised.
+        mode: ``"whole"``, ``"slide"`` or ``"multiscale"`` (see the module docstring).
+        crop_size: ``[h, w]`` (or an int) window size; required for ``"slide"``.
+        stride: ``[h, w]`` (or an int) window step; required for ``"slide"``.
+        scales: resize factors relative to the input size (``"multiscale"`` only).
+        flip: also infer the horizontally flipped image and average.
+        num_classes: number of classes ``K`` the model predicts.
+        align_corners: ``align_corners`` used to resize logits (match the model's).
+        out_size: ``(H_out, W_out)`` of the result; defaults to the input size.
+        slide_pad: pad windows of images smaller than the crop to the crop size.
+
+    Returns:
+        float32 logits on the images' device. With several views (flip or
+        several scales) these are log mean probabilities.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    if images.dim() != 4:
+        raise ValueError(f"images must be N x C x H x W; got shape {tuple(images.shape)}")
+    crop = _pair(crop_size, "crop_size")
+    step = _pair(stride, "stride")
+    scales = tuple(float(s) for s in scales)
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be a non-empty list of positive floats; got {scales!r}")
+    if mode == "slide" and (crop is None or step is None):
+        raise ValueError(
+            "mode='slide' needs crop_size and stride (evaluation.crop_size / evaluation.stride "
+            "in the config), e.g. crop_size=[769, 769], stride=[513, 513]"
+        )
+    if mode != "multiscale" and scales != (1.0,):
+        raise ValueError(
+            f"scales={list(scales)} is only used with mode='multiscale'; got mode={mode!r}. "
+            "Set evaluation.mode: multiscale or leave scales at [1.0]"
+        )
+    if (crop is None) != (step is None):
+        raise ValueError("give both crop_size and stride for sliding-window inference, or neither")
+    use_slide = mode == "slide" or (mode == "multiscale" and crop is not None)
+
+    height, width = images.shape[-2:]
+    size = (height, width) if out_size is None else tuple(int(s) for s in out_size)
+    if len(size) != 2:
+        raise ValueError(f"out_size must be (height, width); got {out_size!r}")
+
+    def one_view(x: Tensor) -> Tensor:
+        if use_slide:
+            assert crop is not None and step is not None
+            logits = _slide(model, x, crop, step, num_classes, slide_pad)
+        else:
+            logits = _forward(model, x)
+            if logits.shape[1] != num_classes:
+                raise ValueError(
+                    f"the model returned {logits.shape[1]} channels but num_classes={num_classes}"
+                )
+        return _resize(logits, size, align_corners)  # type: ignore[arg-type]
+
+    views: list[tuple[float, bool]] = [
+        (s, f) for s in scales for f in ((False, True) if flip else (False,))
+    ]
+    if len(views) == 1 and views[0] == (1.0, False):
+        return one_view(images)
+
+    probs: Tensor | None = None
+    for scale, flipped in views:
+        x = images
+        if scale != 1.0:
+            scaled = (int(height * scale + 0.5), int(width * scale + 0.5))
+            x = F.interpolate(x, size=scaled, mode="bilinear", align_corners=False)
+        if flipped:
+            x = x.flip(-1)
+        logits = one_view(x)
+        if flipped:
+            logits = logits.flip(-1)
+        p = logits.softmax(dim=1)
+        probs = p if probs is None else probs + p
+    assert probs is not None
+    return (probs / len(views)).clamp_min_(torch.finfo(torch.float32).tiny).log_()
