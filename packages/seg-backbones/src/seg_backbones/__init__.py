@@ -12,13 +12,23 @@ from . import resnet as _resnet  # noqa: F401  (registers the ResNet variants)
 from ._features import FeatureInfo
 from ._registry import create_backbone, list_backbones, register_backbone
 from .norm import FrozenBatchNorm2d
+from .pretrained import (
+    IncompatibleWeightsError,
+    convert_state_dict,
+    detect_source,
+    load_pretrained,
+)
 from .resnet import ResNet
 
 __all__ = [
     "FeatureInfo",
     "FrozenBatchNorm2d",
+    "IncompatibleWeightsError",
     "ResNet",
+    "convert_state_dict",
     "create_backbone",
+    "detect_source",
     "list_backbones",
+    "load_pretrained",
     "register_backbone",
 ]
