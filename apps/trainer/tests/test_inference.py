@@ -137,6 +137,9 @@ def test_flip_of_flip_equivariant_model(images: torch.Tensor) -> None:
 def test_multiscale_single_scale_equals_whole(images: torch.Tensor) -> None:
     model = ContextModel().eval()
     whole = predict_logits(model, images, num_classes=K)
+    # scales (and crop_size/stride) of other modes are ignored by "whole"
+    same = predict_logits(model, images, scales=(0.5, 2.0), crop_size=8, stride=4, num_classes=K)
+    torch.testing.assert_close(same, whole)
     ms = predict_logits(model, images, mode="multiscale", scales=(1.0,), num_classes=K)
     torch.testing.assert_close(ms, whole)
 
@@ -178,9 +181,8 @@ def test_multiscale_with_slide_views(images: torch.Tensor) -> None:
     [
         ({"mode": "tiles"}, "mode must be one of"),
         ({"mode": "slide"}, "needs crop_size and stride"),
-        ({"mode": "whole", "scales": (0.5, 1.0)}, "only used with mode='multiscale'"),
         ({"mode": "slide", "crop_size": (0, 4), "stride": 2}, "crop_size must be positive"),
-        ({"mode": "multiscale", "crop_size": 8}, "give both crop_size and stride"),
+        ({"mode": "multiscale", "crop_size": 8}, "give both"),
     ],
 )
 def test_bad_arguments_are_explained(images: torch.Tensor, kwargs, match) -> None:

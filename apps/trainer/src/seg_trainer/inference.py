@@ -157,7 +157,8 @@ def predict_logits(
         mode: ``"whole"``, ``"slide"`` or ``"multiscale"`` (see the module docstring).
         crop_size: ``[h, w]`` (or an int) window size; required for ``"slide"``.
         stride: ``[h, w]`` (or an int) window step; required for ``"slide"``.
-        scales: resize factors relative to the input size (``"multiscale"`` only).
+        scales: resize factors relative to the input size; used by ``"multiscale"`` only
+            (ignored by the other modes, as ``crop_size``/``stride`` are by ``"whole"``).
         flip: also infer the horizontally flipped image and average.
         num_classes: number of classes ``K`` the model predicts.
         align_corners: ``align_corners`` used to resize logits (match the model's).
@@ -182,13 +183,13 @@ def predict_logits(
             "mode='slide' needs crop_size and stride (evaluation.crop_size / evaluation.stride "
             "in the config), e.g. crop_size=[769, 769], stride=[513, 513]"
         )
-    if mode != "multiscale" and scales != (1.0,):
+    if mode != "multiscale":
+        scales = (1.0,)  # like crop_size/stride for "whole": config values of other modes
+    if mode == "multiscale" and (crop is None) != (step is None):
         raise ValueError(
-            f"scales={list(scales)} is only used with mode='multiscale'; got mode={mode!r}. "
-            "Set evaluation.mode: multiscale or leave scales at [1.0]"
+            "mode='multiscale' slides over each view when both crop_size and stride are given; "
+            "give both, or neither for whole-image views"
         )
-    if (crop is None) != (step is None):
-        raise ValueError("give both crop_size and stride for sliding-window inference, or neither")
     use_slide = mode == "slide" or (mode == "multiscale" and crop is not None)
 
     height, width = images.shape[-2:]

@@ -1,0 +1,424 @@
+"""Evaluation: a dataset-level confusion matrix over all processes, and the ``seg-eval`` CLI.
+
+:func:`evaluate` runs the model over a dataset and accumulates a
+``seg_metrics.ConfusionMatrix`` on the device; the only cross-process
+communication is one ``all_reduce`` of that matrix at the end. Memory is flat
+in the number of images: predictions are folded into the matrix (and written
+to disk when asked) batch by batch, never kept.
+
+Distributed correctness. A loader passed through ``accelerator.prepare`` (or a
+``DistributedSampler``) pads the last batches with repeated samples so that
+every process gets the same number of batches; a confusion matrix summed
+over processes would then count those images twice. :func:`evaluate`
+therefore never iterates a prepared loader: it takes the dataset, batch size,
+collate function and worker count of the loader it is given and iterates its
+own unpadded shard ``indices[rank::world_size]``. Every image is counted
+exactly once, and the metrics equal a single-process run bit for bit (the
+matrix holds integer counts). Shards may differ by one image; that is fine
+because nothing is synchronised per batch (the model is unwrapped from DDP, so
+no buffer broadcast runs in forward).
+
+Logits are resized to the label's size: labels stay at their original
+resolution, as in mmseg's ``rescale=True`` testing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from seg_trainer.inference import MODES, predict_logits
+from seg_trainer.visualize import colorize
+
+__all__ = ["cli", "evaluate", "make_shard_loader", "shard_indices"]
+
+
+def shard_indices(num_samples: int, num_processes: int, process_index: int) -> list[int]:
+    """The indices one process evaluates: ``range(process_index, num_samples, num_processes)``.
+
+    Unlike ``DistributedSampler`` nothing is padded: the shards partition
+    ``range(num_samples)`` exactly (sizes differ by at most one).
+    """
+    if not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index {process_index} is not in [0, {num_processes})")
+    return list(range(process_index, num_samples, num_processes))
+
+
+def make_shard_loader(
+    dataloader: DataLoader, num_processes: int, process_index: int
+) -> tuple[DataLoader, list[int]]:
+    """Rebuild ``dataloader`` (unprepared, or prepared by accelerate) over this process's shard.
+
+    Returns the loader (sequential, no padding, ``drop_last=False``) and the
+    dataset indices it yields, in order.
+    """
+    dataset: Dataset = dataloader.dataset
+    batch_size = dataloader.batch_size
+    if batch_size is None:  # a loader built on a batch_sampler (e.g. accelerate's shards)
+        batch_size = getattr(dataloader.batch_sampler, "batch_size", None) or 1
+    indices = shard_indices(len(dataset), num_processes, process_index)  # type: ignore[arg-type]
+    subset = dataset if num_processes == 1 else Subset(dataset, indices)
+    loader = DataLoader(
+        subset,
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=dataloader.num_workers,
+        collate_fn=dataloader.collate_fn,
+        pin_memory=dataloader.pin_memory,
+        worker_init_fn=dataloader.worker_init_fn,
+        persistent_workers=False,
+    )
+    return loader, indices
+
+
+def _sample_name(meta: Any, index: int) -> str:
+    """File stem for a saved prediction: the image's stem when the meta gives a path."""
+    if isinstance(meta, dict):
+        for key in ("image_path", "img_path", "path", "filename", "name"):
+            value = meta.get(key)
+            if isinstance(value, (str, Path)) and str(value):
+                return Path(value).stem
+    return f"{index:06d}"
+
+
+def _save_prediction(
+    pred: np.ndarray,
+    name: str,
+    save_dir: Path,
+    palette: np.ndarray | None,
+    label_id_fn: Callable[[np.ndarray], np.ndarray] | None,
+    ignore_index: int,
+) -> None:
+    """Write ``pred/<name>.png`` (indices), ``color/<name>.png`` and ``label_ids/<name>.png``."""
+    if pred.max(initial=0) > 255:
+        raise ValueError("index PNGs hold at most 256 classes; this prediction has more")
+    Image.fromarray(pred.astype(np.uint8)).save(save_dir / "pred" / f"{name}.png")
+    if palette is not None:
+        Image.fromarray(colorize(pred, palette, ignore_index=ignore_index)).save(
+            save_dir / "color" / f"{name}.png"
+        )
+    if label_id_fn is not None:
+        ids = np.asarray(label_id_fn(pred))
+        Image.fromarray(ids.astype(np.uint8)).save(save_dir / "label_ids" / f"{name}.png")
+
+
+def _batches(
+    loader: DataLoader, indices: Sequence[int]
+) -> Iterator[tuple[dict[str, Any], list[int]]]:
+    """Yield each batch with the dataset indices of its samples."""
+    start = 0
+    for batch in loader:
+        n = len(batch["image"])
+        yield batch, list(indices[start : start + n])
+        start += n
+
+
+def evaluate(
+    model: nn.Module,
+    dataloader: DataLoader,
+    accelerator: Any,
+    *,
+    num_classes: int,
+    ignore_index: int = 255,
+    mode: str = "whole",
+    crop_size: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    align_corners: bool = False,
+    class_names: Sequence[str] | None = None,
+    save_dir: str | Path | None = None,
+    palette: Any = None,
+    label_id_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    progress: bool = True,
+) -> Any:
+    """Evaluate ``model`` over the whole dataset of ``dataloader`` on every process.
+
+    Args:
+        model: the segmentation model (wrapped by ``accelerator.prepare`` or not); it is
+            unwrapped, put in eval mode for the run and restored to its mode afterwards.
+        dataloader: a loader yielding ``{"image": N x 3 x H x W, "label": N x H x W or list,
+            "meta": [...]}`` (``seg_data.collate``). Only its dataset, batch size, collate
+            function and worker count are used (see the module docstring).
+        accelerator: an ``accelerate.Accelerator`` (device, process index/count, autocast).
+        num_classes: classes ``K``; ``ignore_index``: label value left out of the metrics.
+        mode, crop_size, stride, scales, flip, align_corners: passed to
+            :func:`seg_trainer.inference.predict_logits`.
+        class_names: row names of the printed table.
+        save_dir: when set, write predictions (each process writes its own images) as
+            ``save_dir/pred/<stem>.png`` (class indices), ``save_dir/color/<stem>.png``
+            (with ``palette``) and ``save_dir/label_ids/<stem>.png`` (with ``label_id_fn``,
+            e.g. Cityscapes trainId -> labelId for the test server).
+        label_id_fn: maps an ``H x W`` array of predicted train ids to dataset label ids.
+        progress: show a progress bar on the main process.
+
+    Returns:
+        The ``seg_metrics`` result of the all-reduced confusion matrix (same on every
+        process); the per-class table is printed on the main process.
+    """
+    from tqdm.auto import tqdm
+
+    from seg_metrics import ConfusionMatrix
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    device = accelerator.device
+    loader, indices = make_shard_loader(
+        dataloader, accelerator.num_processes, accelerator.process_index
+    )
+    out_dir = Path(save_dir) if save_dir is not None else None
+    pal = None if palette is None else np.asarray(palette, dtype=np.uint8)
+    if out_dir is not None:
+        (out_dir / "pred").mkdir(parents=True, exist_ok=True)
+        if pal is not None:
+            (out_dir / "color").mkdir(parents=True, exist_ok=True)
+        if label_id_fn is not None:
+            (out_dir / "label_ids").mkdir(parents=True, exist_ok=True)
+
+    net = accelerator.unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    cm = ConfusionMatrix(num_classes=num_classes, ignore_index=ignore_index, device=device)
+    kwargs = dict(
+        mode=mode,
+        crop_size=crop_size,
+        stride=stride,
+        scales=tuple(scales),
+        flip=flip,
+        num_classes=num_classes,
+        align_corners=align_corners,
+    )
+    bar = tqdm(
+        total=len(indices),
+        desc=f"eval ({mode})",
+        unit="img",
+        disable=not (progress and accelerator.is_main_process),
+        dynamic_ncols=True,
+    )
+    try:
+        with torch.no_grad():
+            for batch, batch_indices in _batches(loader, indices):
+                images = batch["image"].to(device, non_blocking=True)
+                labels = batch.get("label")
+                metas = batch.get("meta") or [None] * len(batch_indices)
+                # One call for the whole batch when the labels share a size, else per image.
+                if labels is None or isinstance(labels, Tensor):
+                    groups = [(slice(None), labels)]
+                else:
+                    groups = [(slice(i, i + 1), lab[None]) for i, lab in enumerate(labels)]
+                preds_for_saving = []
+                for sl, lab in groups:
+                    out_size = None if lab is None else tuple(lab.shape[-2:])
+                    with accelerator.autocast():
+                        logits = predict_logits(net, images[sl], out_size=out_size, **kwargs)
+                    pred = logits.argmax(dim=1)
+                    if lab is not None:
+                        cm.update(pred, lab.to(device, non_blocking=True))
+                    if out_dir is not None:
+                        preds_for_saving.extend(pred.cpu().numpy())
+                    del logits
+                for pred_np, meta, idx in zip(preds_for_saving, metas, batch_indices):
+                    _save_prediction(
+                        pred_np, _sample_name(meta, idx), out_dir, pal, label_id_fn, ignore_index
+                    )  # type: ignore[arg-type]
+                bar.update(len(batch_indices))
+    finally:
+        bar.close()
+        net.train(was_training)
+    cm.all_reduce()
+    result = cm.compute()
+    if accelerator.is_main_process:
+        accelerator.print(result.table(class_names))
+    return result
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seg-eval",
+        description=(
+            "Evaluate a checkpoint on a dataset split (whole, sliding-window or multi-scale + "
+            "flip), print the per-class table and save metrics JSON in output_dir. Runs on 1..N "
+            "processes: accelerate launch [--multi_gpu --num_processes N] apps/trainer/eval.py ..."
+        ),
+    )
+    p.add_argument("--config", help="YAML config (default: the config stored in the checkpoint)")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint (.pth) or seg-convert .safetensors"
+    )
+    p.add_argument("--cpu", action="store_true", help="run on CPU (Accelerator(cpu=True))")
+    p.add_argument("--split", default=None, help="dataset split (default: data.val_split)")
+    p.add_argument("--mode", choices=MODES, help="override evaluation.mode")
+    p.add_argument(
+        "--save-predictions",
+        action="store_true",
+        help="write index / colour / labelId PNGs under <output_dir>/predictions_<split>",
+    )
+    p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. --set data.root=/data/cityscapes evaluation.stride=[513,513]",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def _load_config(args: argparse.Namespace, checkpoint: dict[str, Any]) -> Any:
+    from seg_trainer.config import ConfigError, apply_overrides, config_from_dict, load_config
+
+    overrides = list(args.set)
+    if args.mode:
+        overrides.append(f"evaluation.mode={args.mode}")
+    if args.save_predictions:
+        overrides.append("evaluation.save_predictions=true")
+    if args.config:
+        return load_config(args.config, overrides)
+    stored = checkpoint.get("config")
+    if not isinstance(stored, dict):
+        raise ConfigError(
+            f"{args.checkpoint}: the checkpoint carries no config; pass --config CONFIG.yaml"
+        )
+    data = apply_overrides(json.loads(json.dumps(stored)), overrides)
+    return config_from_dict(data, source=f"{args.checkpoint} (stored config)")
+
+
+def _label_id_fn(dataset: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The dataset's trainId -> labelId mapping for its test server (Cityscapes), else None."""
+    if getattr(dataset, "name", None) == "cityscapes":
+        from seg_data import train_id_to_label_id
+
+        return train_id_to_label_id
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run ``seg-eval``; returns the metrics dictionary written to JSON."""
+    from accelerate import Accelerator
+
+    from seg_trainer.build import build_dataset, build_model
+    from seg_trainer.checkpoint import load_checkpoint
+
+    args = _parser().parse_args(argv)
+    checkpoint = load_checkpoint(args.checkpoint)
+    cfg = _load_config(args, checkpoint)
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=cfg.train.mixed_precision)
+    split = args.split or cfg.data.val_split
+
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{args.checkpoint} does not fit the model built from the config "
+            f"({cfg.model.name} / {cfg.model.backbone}, {cfg.model.num_classes} classes): "
+            f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys "
+            f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. Pass the config the "
+            "checkpoint was trained with (--config) or fix model.* with --set"
+        )
+    model.to(accelerator.device)
+
+    dataset = build_dataset(cfg, split)
+    ev = cfg.evaluation
+    loader = DataLoader(
+        dataset,
+        batch_size=ev.batch_size,
+        shuffle=False,
+        num_workers=cfg.data.num_workers,
+        collate_fn=_collate(),
+    )
+    out_dir = Path(cfg.output_dir)
+    save_dir = out_dir / f"predictions_{split}" if ev.save_predictions else None
+    result = evaluate(
+        model,
+        loader,
+        accelerator,
+        num_classes=cfg.model.num_classes,
+        ignore_index=getattr(dataset, "ignore_index", cfg.loss.ignore_index),
+        mode=ev.mode,
+        crop_size=ev.crop_size,
+        stride=ev.stride,
+        scales=ev.scales if ev.mode == "multiscale" else (1.0,),
+        flip=ev.flip,
+        align_corners=cfg.model.align_corners,
+        class_names=getattr(dataset, "classes", None),
+        save_dir=save_dir,
+        palette=getattr(dataset, "palette", None),
+        label_id_fn=_label_id_fn(dataset),
+        progress=not args.no_progress,
+    )
+    metrics = {
+        "checkpoint": str(args.checkpoint),
+        "iteration": checkpoint.get("iteration"),
+        "split": split,
+        "num_images": len(dataset),  # type: ignore[arg-type]
+        "num_processes": accelerator.num_processes,
+        "evaluation": {
+            "mode": ev.mode,
+            "crop_size": ev.crop_size,
+            "stride": ev.stride,
+            "scales": ev.scales if ev.mode == "multiscale" else [1.0],
+            "flip": ev.flip,
+        },
+        "metrics": _jsonable(result.to_dict(getattr(dataset, "classes", None), confusion=True)),
+    }
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"eval_{split}_{ev.mode}.json"
+        path.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+        accelerator.print(f"metrics written to {path}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+def _collate() -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    from seg_data import collate
+
+    return collate
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON data: tensors/arrays to lists, NaN (classes absent from the set) to null."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (Tensor, np.ndarray)):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    """Console entry point ``seg-eval``."""
+    from seg_trainer.checkpoint import CheckpointError
+    from seg_trainer.config import ConfigError
+
+    try:
+        main(argv)
+    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
+        print(f"seg-eval: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    cli()
