@@ -1,0 +1,206 @@
+"""Build what a config describes: the model, the datasets and their loaders.
+
+Only the packages' own ``create_*`` names are used (``seg_heads.create_model``,
+``seg_data.create_dataset``, ``seg_data.build_transforms``); errors from them are
+re-raised naming the config key to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .config import Config, ConfigError
+
+__all__ = [
+    "EpochSampler",
+    "ShardSampler",
+    "build_dataloader",
+    "build_dataset",
+    "build_model",
+    "find_normalize",
+]
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """``seg_heads.create_model(cfg.model.name, **rest of cfg.model)``."""
+    from seg_heads import create_model
+
+    m = cfg.model
+    try:
+        return create_model(
+            m.name,
+            backbone=m.backbone,
+            num_classes=m.num_classes,
+            output_stride=m.output_stride,
+            aux=m.aux,
+            align_corners=m.align_corners,
+            pretrained_backbone=m.pretrained_backbone,
+            backbone_kwargs=dict(m.backbone_kwargs),
+            head_kwargs=dict(m.head_kwargs),
+            aux_kwargs=dict(m.aux_kwargs),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise ConfigError(f"model: cannot build model {m.name!r} / {m.backbone!r}: {msg}") from exc
+
+
+def _split_name(cfg: Config, split: str) -> str:
+    d = cfg.data
+    names = {"train": d.train_split, "val": d.val_split, "test": d.test_split}
+    if split not in names:
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    name = names[split]
+    if name is None:
+        raise ConfigError(
+            f"key 'data.{split}_split' is not set; set it to the dataset's split name"
+        )
+    return name
+
+
+def build_dataset(cfg: Config, split: str) -> Dataset:
+    """``seg_data.create_dataset`` for ``split`` in ``"train" | "val" | "test"``.
+
+    ``"train"`` uses ``data.train_transforms``, the others ``data.val_transforms``;
+    the split name passed to the dataset is ``data.<split>_split``.
+    """
+    from seg_data import build_transforms, create_dataset
+
+    d = cfg.data
+    key = "data.train_transforms" if split == "train" else "data.val_transforms"
+    spec = d.train_transforms if split == "train" else d.val_transforms
+    split_name = _split_name(cfg, split)
+    try:
+        transforms = build_transforms(spec)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"key '{key}': {exc}") from exc
+    kwargs: dict[str, Any] = dict(d.dataset_options)
+    if d.root is not None:
+        kwargs["root"] = d.root
+    try:
+        return create_dataset(
+            d.dataset, split=split_name, transforms=transforms, seed=cfg.seed, **kwargs
+        )
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"data: cannot create dataset {d.dataset!r} (split {split_name!r}, options "
+            f"{sorted(kwargs)}): {exc}; check data.dataset, data.root and data.dataset_options"
+        ) from exc
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled (or ordered) indices whose order is a function of ``(seed, epoch)`` only.
+
+    ``start`` skips that many indices of the current epoch's order (used to resume
+    mid-epoch without loading the skipped samples); it is not reset by ``set_epoch``.
+    """
+
+    def __init__(self, num_samples: int, *, seed: int = 0, shuffle: bool = True) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        """This epoch's full index order."""
+        if not self.shuffle:
+            return list(range(self.num_samples))
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + self.epoch) % (2**63))
+        return torch.randperm(self.num_samples, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order()[self.start :])
+
+    def __len__(self) -> int:
+        return max(self.num_samples - self.start, 0)
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...``: every sample exactly once over all processes.
+
+    Used for evaluation: unlike accelerate's even-batch padding, no sample is
+    duplicated, so confusion matrices can be summed across processes.
+    """
+
+    def __init__(self, num_samples: int, *, rank: int = 0, world_size: int = 1) -> None:
+        self.num_samples = num_samples
+        self.rank = rank
+        self.world_size = world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.num_samples, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+
+def build_dataloader(
+    dataset: Dataset,
+    cfg: Config,
+    *,
+    train: bool,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """The loader for training (before ``accelerator.prepare``) or evaluation.
+
+    Training: :class:`EpochSampler` (order = f(seed, epoch)), batch ``data.batch_size``
+    (the total over processes: accelerate splits it, ``split_batches=True``), full
+    batches only, a seeded generator (so the global RNG is never consumed).
+    Evaluation: each process reads its own shard (:class:`ShardSampler` with
+    ``rank``/``world_size``), ``evaluation.batch_size`` per process, in order; the
+    loader is used as is (not prepared), so no sample is repeated.
+    """
+    from seg_data import collate
+
+    workers = cfg.data.num_workers
+    generator = torch.Generator()
+    generator.manual_seed(cfg.seed)
+    common: dict[str, Any] = {
+        "collate_fn": collate,
+        "num_workers": workers,
+        "pin_memory": torch.cuda.is_available(),
+        "generator": generator,
+        "persistent_workers": False,
+    }
+    if train:
+        n = len(dataset)  # type: ignore[arg-type]
+        if n < cfg.data.batch_size:
+            raise ConfigError(
+                f"key 'data.batch_size': {cfg.data.batch_size} is larger than the training set "
+                f"({n} samples); lower it"
+            )
+        sampler = EpochSampler(n, seed=cfg.seed, shuffle=True)
+        return DataLoader(
+            dataset, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True, **common
+        )
+    sampler = ShardSampler(len(dataset), rank=rank, world_size=world_size)  # type: ignore[arg-type]
+    return DataLoader(
+        dataset, batch_size=cfg.evaluation.batch_size, sampler=sampler, drop_last=False, **common
+    )
+
+
+def find_normalize(cfg: Config) -> tuple[list[float], list[float], bool] | None:
+    """``(mean, std, to_bgr)`` of the ``Normalize`` step in ``data.val_transforms``, if any.
+
+    Used to turn normalised tensors back into pictures (defaults: ImageNet RGB, as
+    ``seg_data``'s ``Normalize``).
+    """
+    for step in cfg.data.val_transforms:
+        ((name, opts),) = step.items()
+        if name == "Normalize":
+            opts = opts or {}
+            mean = opts.get("mean", [123.675, 116.28, 103.53])
+            std = opts.get("std", [58.395, 57.12, 57.375])
+            to_bgr = bool(opts.get("to_bgr", False))
+            return [float(x) for x in mean], [float(x) for x in std], to_bgr
+    return None
