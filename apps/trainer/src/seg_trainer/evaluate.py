@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from seg_trainer.inference import MODES, predict_logits
 from seg_trainer.visualize import colorize
 
-__all__ = ["cli", "evaluate", "make_shard_loader", "shard_indices"]
+__all__ = ["cli", "evaluate", "load_model", "make_shard_loader", "shard_indices"]
 
 
 def shard_indices(num_samples: int, num_processes: int, process_index: int) -> list[int]:
@@ -308,11 +308,30 @@ def _label_id_fn(dataset: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     return None
 
 
+def load_model(cfg: Any, checkpoint: dict[str, Any], path: str | Path) -> nn.Module:
+    """Build the model of ``cfg`` and load ``checkpoint["model"]`` strictly, explaining misfits."""
+    from seg_trainer.build import build_model
+    from seg_trainer.checkpoint import CheckpointError
+
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)
+    if missing or unexpected:
+        more_m = "..." if len(missing) > 5 else ""
+        more_u = "..." if len(unexpected) > 5 else ""
+        raise CheckpointError(
+            f"{path} does not fit the model built from the config ({cfg.model.name} / "
+            f"{cfg.model.backbone}, {cfg.model.num_classes} classes): missing keys "
+            f"{missing[:5]}{more_m}, unexpected keys {unexpected[:5]}{more_u}. Pass the config "
+            "the checkpoint was trained with (--config) or fix model.* with --set"
+        )
+    return model
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run ``seg-eval``; returns the metrics dictionary written to JSON."""
     from accelerate import Accelerator
 
-    from seg_trainer.build import build_dataset, build_model
+    from seg_trainer.build import build_dataset
     from seg_trainer.checkpoint import load_checkpoint
 
     args = _parser().parse_args(argv)
@@ -321,16 +340,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=cfg.train.mixed_precision)
     split = args.split or cfg.data.val_split
 
-    model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)
-    if missing or unexpected:
-        raise RuntimeError(
-            f"{args.checkpoint} does not fit the model built from the config "
-            f"({cfg.model.name} / {cfg.model.backbone}, {cfg.model.num_classes} classes): "
-            f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys "
-            f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. Pass the config the "
-            "checkpoint was trained with (--config) or fix model.* with --set"
-        )
+    model = load_model(cfg, checkpoint, args.checkpoint)
     model.to(accelerator.device)
 
     dataset = build_dataset(cfg, split)
