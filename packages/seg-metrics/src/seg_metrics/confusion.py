@@ -190,6 +190,8 @@ class ConfusionMatrix:
             target = target.to(torch.uint8)
         if target.dim() == 2:
             labels, target = labels.unsqueeze(0), target.unsqueeze(0)
+        if target.numel() == 0:
+            return
         count = self._count_eager if self._eager() else self._count_deferred
         if not self.per_image:
             self._mat += count(labels.reshape(-1), target.reshape(-1), check_pred)
@@ -228,8 +230,6 @@ class ConfusionMatrix:
         """K x K counts of flat ``p``/``t``; invalid values raise at once (reads scalars)."""
         k, ig = self.num_classes, self.ignore_index
         kk = k * k
-        if t.numel() == 0:
-            return torch.zeros(k, k, dtype=torch.int64, device=p.device)
         if check_pred:
             lo, hi = torch.aminmax(p)
             if lo < 0 or hi >= k:
@@ -280,8 +280,7 @@ class ConfusionMatrix:
         """
         k, ig = self.num_classes, self.ignore_index
         kk = k * k
-        if torch.promote_types(p.dtype, t.dtype) != torch.int64:
-            t = t.long()
+        t, p = t.long(), p.long()  # no-ops for int64; int64 sentinels below need int64
         ok_t = (t >= 0) & (t < k)
         bad_t = ~ok_t if ig is None else ~ok_t & (t != ig)
         good = ok_t
@@ -291,12 +290,12 @@ class ConfusionMatrix:
             bad_p = (p < 0) | (p >= k)
             good = good & ~bad_p
             bad = torch.stack([bad_t.sum(), bad_p.sum()])
-            lo.append(torch.where(bad_p, p.long(), _INT64_MAX).amin())
-            hi.append(torch.where(bad_p, p.long(), -_INT64_MAX).amax())
-        else:
+            lo.append(torch.where(bad_p, p, _INT64_MAX).amin())
+            hi.append(torch.where(bad_p, p, -_INT64_MAX).amax())
+        else:  # constants made by fill kernels, not host-to-device copies
             bad = torch.stack([bad_t.sum(), torch.zeros((), dtype=torch.int64, device=t.device)])
-            lo.append(torch.tensor(_INT64_MAX, device=t.device))
-            hi.append(torch.tensor(-_INT64_MAX, device=t.device))
+            lo.append(torch.full((), _INT64_MAX, dtype=torch.int64, device=t.device))
+            hi.append(torch.full((), -_INT64_MAX, dtype=torch.int64, device=t.device))
         self._bad += bad
         torch.minimum(self._bad_lo, torch.stack(lo), out=self._bad_lo)
         torch.maximum(self._bad_hi, torch.stack(hi), out=self._bad_hi)

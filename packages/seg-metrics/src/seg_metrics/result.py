@@ -206,7 +206,7 @@ class SegmentationResult:
         names = self._names(class_names)
         w = max(12, *(len(n) for n in names)) if names else 12
         cols = ("IoU", "Acc", "Prec", "Dice")
-        vw = max(6, digits + 5)
+        vw = digits + 6  # room for "100.00" and a space
 
         def fmt(v: float) -> str:
             return f"{'nan':>{vw}}" if math.isnan(v) else f"{100 * v:>{vw}.{digits}f}"
@@ -247,6 +247,15 @@ class SegmentationResult:
             lines.append(
                 "predicted but absent from the target (IoU 0 counts in mIoU, Acc nan): "
                 + ", ".join(no_target)
+            )
+        never_predicted = [
+            names[c]
+            for c in range(self.num_classes)
+            if bool(self.present[c]) and math.isnan(float(self.precision[c]))
+        ]
+        if never_predicted:
+            lines.append(
+                "in the target but never predicted (IoU 0, Prec nan): " + ", ".join(never_predicted)
             )
         return "\n".join(lines)
 
