@@ -1,1 +1,31 @@
-"""seg_heads (PKUSeg)."""
+"""seg_heads (PKUSeg): faithful PSPNet, DeepLabV3, DenseASPP and FCN heads and the model.
+
+```python
+from seg_heads import create_model
+model = create_model("pspnet", backbone="resnet101_deep", num_classes=19, output_stride=8, aux=True)
+out = model(x)   # {"out": N x 19 x H x W, "aux": N x 19 x H x W}
+```
+"""
+
+from . import aspp as _aspp  # noqa: F401  (each head file registers its model)
+from . import denseaspp as _denseaspp  # noqa: F401
+from . import fcn as _fcn  # noqa: F401
+from . import psp as _psp  # noqa: F401
+from ._registry import list_models, register_model
+from .aspp import ASPPHead
+from .denseaspp import DenseASPPHead
+from .fcn import FCNHead
+from .model import IMAGENET_RGB, SegmentationModel, create_model
+from .psp import PSPHead
+
+__all__ = [
+    "IMAGENET_RGB",
+    "ASPPHead",
+    "DenseASPPHead",
+    "FCNHead",
+    "PSPHead",
+    "SegmentationModel",
+    "create_model",
+    "list_models",
+    "register_model",
+]

@@ -1,0 +1,193 @@
+"""The segmentation model: a backbone, a decode head, an optional auxiliary head.
+
+:class:`SegmentationModel` composes any backbone that follows the seg_backbones
+feature contract (``forward`` -> list of feature maps, ``.feature_info`` ->
+list of ``(channels, reduction)``). :func:`create_model` builds one by name.
+
+Every model built by :func:`create_model` (or :mod:`seg_heads.convert`) carries
+
+- ``model.build_config: dict`` -- exactly the keyword arguments of
+  ``create_model(**model.build_config)`` (``name`` included) that rebuild the
+  architecture (weights not included), and
+- ``model.input_norm: dict | None`` -- the input normalisation its weights
+  expect, ``{"mean": [r, g, b], "std": [r, g, b], "color_order": "RGB" | "BGR"}``
+  in the 0-255 pixel scale, listed in the order of ``color_order``; ``None``
+  when unknown (randomly initialised or a backbone file of unknown origin:
+  the trainer records its own ``Normalize`` there).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seg_backbones import create_backbone, load_pretrained
+
+from ._registry import get_head_builder
+from .fcn import FCNHead
+
+__all__ = ["IMAGENET_RGB", "SegmentationModel", "create_model"]
+
+IMAGENET_RGB: dict[str, Any] = {
+    "mean": [123.675, 116.28, 103.53],
+    "std": [58.395, 57.12, 57.375],
+    "color_order": "RGB",
+}
+"""ImageNet normalisation in the 0-255 scale (torchvision, timm, mmseg, CSAIL weights)."""
+
+
+class SegmentationModel(nn.Module):
+    """``backbone -> decode_head (-> aux_head)``, logits resized to the input size.
+
+    Args:
+        backbone: returns a list of feature maps and publishes ``.feature_info``.
+        decode_head: maps ``features[decode_index]`` (default the last) to logits.
+        aux_head: optional, maps ``features[aux_index]`` (default 2: ResNet layer3) to logits.
+        align_corners: ``align_corners`` of the final bilinear resize to the input size.
+        decode_index: which backbone output feeds the decode head (-1).
+        aux_index: which backbone output feeds the auxiliary head (2).
+
+    ``forward(x)`` returns ``{"out": N x K x H x W}`` plus ``"aux"`` (same size) when
+    there is an auxiliary head, in training and in eval mode alike.
+    """
+
+    build_config: dict[str, Any] | None
+    input_norm: dict[str, Any] | None
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        decode_head: nn.Module,
+        aux_head: nn.Module | None = None,
+        align_corners: bool = False,
+        *,
+        decode_index: int = -1,
+        aux_index: int = 2,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decode_head = decode_head
+        self.aux_head = aux_head
+        self.align_corners = align_corners
+        self.decode_index = decode_index
+        self.aux_index = aux_index
+        self.build_config = None
+        self.input_norm = None
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        size = x.shape[-2:]
+        feats = self.backbone(x)
+        out = {"out": self._resize(self.decode_head(feats[self.decode_index]), size)}
+        if self.aux_head is not None:
+            out["aux"] = self._resize(self.aux_head(feats[self.aux_index]), size)
+        return out
+
+    def _resize(self, logits: Tensor, size: Any) -> Tensor:
+        if logits.shape[-2:] == size:
+            return logits
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
+
+
+def create_model(
+    name: str,
+    *,
+    backbone: str,
+    num_classes: int,
+    output_stride: int = 8,
+    aux: bool = False,
+    align_corners: bool = False,
+    pretrained_backbone: str | None = None,
+    backbone_kwargs: Mapping[str, Any] | None = None,
+    head_kwargs: Mapping[str, Any] | None = None,
+    aux_kwargs: Mapping[str, Any] | None = None,
+) -> SegmentationModel:
+    """Build a registered segmentation model (see :func:`seg_heads.list_models`).
+
+    Args:
+        name: ``"pspnet" | "deeplabv3" | "denseaspp" | "fcn"`` (unknown names list the valid ones).
+        backbone: any :func:`seg_backbones.create_backbone` name, e.g. ``"resnet101_deep"``.
+        num_classes: logits per pixel.
+        output_stride: 8 | 16 | 32, passed to the backbone (and to the ASPP rates).
+        aux: add an :class:`FCNHead` on ``feature_info[2]`` (layer3); output ``"aux"``.
+        align_corners: of every bilinear resize in the heads and to the input size.
+        pretrained_backbone: local path of backbone weights, loaded with
+            ``seg_backbones.load_pretrained(..., source="auto")`` (strict).
+        backbone_kwargs: other :func:`seg_backbones.create_backbone` options, e.g.
+            ``{"contract_dilation": False, "multi_grid": (1, 2, 4)}``.
+        head_kwargs: options of the decode head class, e.g. ``{"variant": "torchvision"}``
+            for DeepLabV3; the ASPP ``rates`` default to 12/24/36 at output stride 8 and
+            6/12/18 at 16.
+        aux_kwargs: :class:`FCNHead` options of the auxiliary head. ``variant`` defaults
+            to the decode head's (``"mmseg"`` unless ``head_kwargs["variant"]`` says
+            otherwise); with ``"mmseg"`` the defaults are mmseg's auxiliary head
+            (``channels=256, num_convs=1, concat_input=False``), with ``"torchvision"``
+            torchvision's (``in_channels // 4``, element-wise dropout).
+            PKUSeg/CSAIL/torchcv use ``{"channels": 512}``.
+
+    Returns:
+        a :class:`SegmentationModel` with ``build_config`` (these arguments, ``name``
+        included) and ``input_norm`` (``None``: set by whoever knows the weights' origin).
+    """
+    head_builder = get_head_builder(name)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    build_config: dict[str, Any] = {
+        "name": name,
+        "backbone": backbone,
+        "num_classes": num_classes,
+        "output_stride": output_stride,
+        "aux": aux,
+        "align_corners": align_corners,
+        "pretrained_backbone": pretrained_backbone,
+        "backbone_kwargs": copy.deepcopy(dict(backbone_kwargs or {})),
+        "head_kwargs": copy.deepcopy(dict(head_kwargs or {})),
+        "aux_kwargs": copy.deepcopy(dict(aux_kwargs or {})),
+    }
+
+    if "output_stride" in build_config["backbone_kwargs"]:
+        raise TypeError(
+            "pass output_stride to create_model, not in backbone_kwargs "
+            f"(got backbone_kwargs={build_config['backbone_kwargs']})"
+        )
+    bb = create_backbone(backbone, output_stride=output_stride, **dict(backbone_kwargs or {}))
+    if pretrained_backbone is not None:
+        load_pretrained(bb, pretrained_backbone, source="auto")
+    info = list(bb.feature_info)
+    if len(info) < 3 and aux:
+        raise ValueError(
+            f"aux=True needs a backbone with at least 3 outputs (the aux head reads output 2), "
+            f"{backbone!r} has feature_info={info}"
+        )
+
+    decode_head = head_builder(
+        int(info[-1][0]),
+        num_classes,
+        output_stride=output_stride,
+        align_corners=align_corners,
+        **dict(head_kwargs or {}),
+    )
+    aux_head = None
+    if aux:
+        aux_head = FCNHead(int(info[2][0]), num_classes, **_aux_options(head_kwargs, aux_kwargs))
+
+    model = SegmentationModel(bb, decode_head, aux_head, align_corners=align_corners)
+    model.build_config = build_config
+    model.input_norm = None
+    return model
+
+
+def _aux_options(
+    head_kwargs: Mapping[str, Any] | None, aux_kwargs: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Auxiliary FCNHead options: the user's, over the defaults of the decode head's variant."""
+    opts = dict(aux_kwargs or {})
+    opts.setdefault("variant", (head_kwargs or {}).get("variant", "mmseg"))
+    if opts["variant"] == "mmseg":  # mmseg's auxiliary head: 1 conv of 256, no concat
+        opts.setdefault("channels", 256)
+        opts.setdefault("num_convs", 1)
+        opts.setdefault("concat_input", False)
+    return opts
