@@ -263,6 +263,8 @@ def load_pretrained(
     """
     from .timm_wrapper import TimmBackbone
 
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; valid sources are {list(SOURCES)}")
     where = str(weights) if isinstance(weights, str | os.PathLike) else "state dict"
     sd = read_state_dict(weights) if isinstance(weights, str | os.PathLike) else dict(weights)
     sd = _unwrap(sd, where=where)
