@@ -435,6 +435,8 @@ class ConfusionMatrix:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore counts saved by :meth:`state_dict` (settings must match)."""
         keys = {"num_classes", "ignore_index", "per_image", "confusion"}
+        if self.per_image:
+            keys.add("image_stats")
         missing = keys - set(state_dict)
         if missing:
             raise KeyError(f"state_dict lacks keys {sorted(missing)} (has {sorted(state_dict)})")
