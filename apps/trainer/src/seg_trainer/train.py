@@ -331,6 +331,8 @@ def train(cfg: Config, *, cpu: bool = False, resume: str | None = None) -> Train
     )
 
     def run_eval(iteration: int, *, save_dir: Path | None = None) -> dict[str, Any]:
+        """Evaluate on every process; log; keep best.pth when the mIoU improved."""
+        nonlocal best_miou
         result = evaluate(model, val_loader, accelerator, save_dir=save_dir, **eval_kwargs)
         model.train()
         metrics = _metrics_dict(result)
@@ -344,21 +346,29 @@ def train(cfg: Config, *, cpu: bool = False, resume: str | None = None) -> Train
                     "aAcc": metrics["aAcc"],
                 }
             )
+        miou = metrics["mIoU"]
+        if miou is not None and (best_miou is None or miou > best_miou):
+            best_miou = miou
+            if cfg.checkpoint.keep_best:
+                model_state = accelerator.get_state_dict(model)
+                if is_main:
+                    best = {
+                        "format": CHECKPOINT_FORMAT,
+                        "iteration": iteration,
+                        "model": model_state,
+                        "config": cfg.to_dict(),
+                        "metrics": metrics,
+                        "best_miou": best_miou,
+                    }
+                    save_checkpoint(best, checkpoint_dir(out_dir) / "best.pth")
+                accelerator.wait_for_everyone()
         return metrics
 
     def save(iteration: int, epoch: int, metrics: dict[str, Any] | None) -> Path:
-        nonlocal best_miou
+        """Write iter_<iteration>.pth (all state, every process's RNG) and prune old ones."""
         rng_all = gather_object([get_rng_state()])  # every process's RNG, in rank order
         model_state = accelerator.get_state_dict(model)
         path = checkpoint_dir(out_dir) / f"iter_{iteration:07d}.pth"
-        is_best = (
-            cfg.checkpoint.keep_best
-            and metrics is not None
-            and metrics["mIoU"] is not None
-            and (best_miou is None or metrics["mIoU"] > best_miou)
-        )
-        if is_best:
-            best_miou = metrics["mIoU"]  # type: ignore[index]
         if is_main:
             state = {
                 "format": CHECKPOINT_FORMAT,
@@ -377,18 +387,6 @@ def train(cfg: Config, *, cpu: bool = False, resume: str | None = None) -> Train
                 "world_size": world,
             }
             save_checkpoint(state, path)
-            if is_best:
-                save_checkpoint(
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "iteration": iteration,
-                        "model": model_state,
-                        "config": cfg.to_dict(),
-                        "metrics": metrics,
-                        "best_miou": best_miou,
-                    },
-                    checkpoint_dir(out_dir) / "best.pth",
-                )
             prune_checkpoints(out_dir, cfg.checkpoint.keep_last)
         accelerator.wait_for_everyone()
         return path
@@ -450,7 +448,8 @@ def train(cfg: Config, *, cpu: bool = False, resume: str | None = None) -> Train
                     continue
 
                 # ---- one optimizer step done
-                lr = optimizer.param_groups[0]["lr"]
+                lr = optimizer.param_groups[0]["lr"]  # the LR this step used
+                lr_head = optimizer.param_groups[-1]["lr"]
                 scheduler.step()
                 iteration += 1
                 window_iters += 1
@@ -475,9 +474,7 @@ def train(cfg: Config, *, cpu: bool = False, resume: str | None = None) -> Train
                         "loss": window_loss / window_n,
                         "lr": lr,
                         **{k: v for k, v in zip(sorted(window_parts), parts_mean)},
-                        "lr_head": optimizer.param_groups[-1]["lr"]
-                        if len(optimizer.param_groups) > 1
-                        else lr,
+                        "lr_head": lr_head,
                         "time_per_iter": elapsed / window_iters,
                         "images_per_s": images_per_iter * window_iters / max(elapsed, 1e-9),
                     }
