@@ -38,9 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         help="dataset option, e.g. --option label_type=trainIds (JSON values)",
     )
     args = parser.parse_args(argv)
-    report = check_dataset(
-        args.dataset, args.root, split=args.split, limit=args.limit, **dict(args.option)
-    )
+    options = dict(args.option)
+    for reserved in ("root", "split", "limit", "name"):
+        if reserved in options:
+            parser.error(f"use --{reserved} instead of --option {reserved}=...")
+    report = check_dataset(args.dataset, args.root, split=args.split, limit=args.limit, **options)
     print(report.summary())
     return 0 if report.ok else 1
 

@@ -36,7 +36,7 @@ def read_image(path: str | Path) -> np.ndarray:
     with _open(path, "image") as im:
         if im.mode != "RGB":
             im = im.convert("RGB")
-        return np.asarray(im)
+        return np.array(im)  # writable (np.asarray of a PIL image is read-only)
 
 
 def read_label(path: str | Path) -> np.ndarray:
@@ -49,7 +49,7 @@ def read_label(path: str | Path) -> np.ndarray:
     path = Path(path)
     with _open(path, "label") as im:
         if im.mode in ("L", "P"):
-            return np.asarray(im)
+            return np.array(im)
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             return np.asarray(im).astype(np.int64)
         raise LabelError(
