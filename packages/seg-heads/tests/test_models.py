@@ -218,3 +218,59 @@ def test_param_count_matches_torchvision_deeplabv3(arch: str, expected_m: float)
     )
     assert _n_params(ours) == _n_params(ref)
     assert round(_n_params(ours) / 1e6, 1) == expected_m  # the number torchvision documents
+
+
+class _OfficialDenseAsppBlock(nn.Sequential):
+    """Transcription of DeepMotionAIResearch/DenseASPP ``models/DenseASPP.py`` ``_DenseAsppBlock``
+    (``norm.1`` etc. renamed ``norm_1``: PyTorch no longer allows dots in module names)."""
+
+    def __init__(self, input_num, num1, num2, dilation_rate, drop_out, bn_start=True) -> None:
+        super().__init__()
+        if bn_start:
+            self.add_module("norm_1", nn.BatchNorm2d(input_num, momentum=0.0003))
+        self.add_module("relu_1", nn.ReLU(inplace=True))
+        self.add_module("conv_1", nn.Conv2d(input_num, num1, kernel_size=1))
+        self.add_module("norm_2", nn.BatchNorm2d(num1, momentum=0.0003))
+        self.add_module("relu_2", nn.ReLU(inplace=True))
+        self.add_module(
+            "conv_2",
+            nn.Conv2d(num1, num2, kernel_size=3, dilation=dilation_rate, padding=dilation_rate),
+        )
+        self.drop_rate = drop_out
+
+    def forward(self, _input):
+        feature = super().forward(_input)
+        return torch.nn.functional.dropout2d(feature, p=self.drop_rate, training=self.training)
+
+
+def test_denseaspp_matches_a_transcription_of_the_official_code() -> None:
+    torch.manual_seed(0)
+    c, rates, d0, d1 = 24, (3, 6, 12, 18, 24), 16, 8
+    blocks = nn.ModuleList(
+        _OfficialDenseAsppBlock(c + d1 * k, d0, d1, r, 0.1, bn_start=k > 0)
+        for k, r in enumerate(rates)
+    )
+    classification = nn.Sequential(nn.Dropout2d(p=0.1), nn.Conv2d(c + 5 * d1, 4, kernel_size=1))
+    for m in blocks.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    ours = DenseASPPHead(c, 4, rates=rates, mid_channels=d0, growth=d1).eval()
+    sd = {}
+    for k, blk in enumerate(blocks):
+        for name, t in blk.state_dict().items():
+            sd[f"blocks.{k}." + name.replace("norm_", "norm").replace("conv_", "conv")] = t
+    sd.update({f"conv_seg.{n}": t for n, t in classification[1].state_dict().items()})
+    ours.load_state_dict(sd)  # strict
+    blocks.eval()
+    classification.eval()
+    x = torch.randn(1, c, 53, 53)  # signed, like DenseNet's norm5 output; larger than rate 24
+    with torch.no_grad():
+        feature = x.clone()
+        for blk in blocks:  # the official forward: torch.cat((aspp, feature), dim=1)
+            feature = torch.cat((blk(feature), feature), dim=1)
+        want = classification(feature)
+        got = ours(x)
+    assert (got - want).abs().max().item() <= 1e-5

@@ -70,8 +70,14 @@ MMSEG_ARCHS: dict[str, tuple[str, str]] = {
 
 
 def _zoo_safe_globals() -> list[Any]:
-    """numpy reconstructors found in model-zoo ``meta`` dicts: plain data, no code."""
-    import numpy as np
+    """numpy reconstructors found in model-zoo ``meta`` dicts: plain data, no code.
+
+    Empty without numpy (the ``zoo`` extra): such files then fail to load, explaining why.
+    """
+    try:
+        import numpy as np
+    except ImportError:
+        return []
 
     multiarray = np._core.multiarray
     dtype_classes = [
