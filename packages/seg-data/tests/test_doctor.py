@@ -16,6 +16,7 @@ def _broken_folder(tmp_path, layouts):
     layouts.save_image(root / "images" / "img2.jpg", 2, size=(30, 30))  # size mismatch
     layouts.save_label(root / "masks" / "img3.png", layouts.label_from([0, 9, 17], 3))  # values
     layouts.save_label(root / "masks" / "img4.png", np.full((24, 32), 255))  # all ignore
+    layouts.save_label(root / "masks" / "orphan.png", np.zeros((24, 32)))  # label without image
     return root
 
 
@@ -29,7 +30,9 @@ def test_doctor_reports_every_problem(tmp_path, layouts):
     assert "size mismatch" in text and "img2.jpg" in text
     assert "img3.png holds values [9, 17]" in text
     assert len(report.errors) == 4
-    assert len(report.warnings) == 1 and "all pixels are ignore" in report.warnings[0]
+    assert len(report.warnings) == 2
+    assert "orphan.png has no image" in report.warnings[0]
+    assert "all pixels are ignore" in report.warnings[1]
     assert report.num_pairs == 5 and report.num_checked == 2
     assert report.pixel_counts.tolist()[0] > 0 and len(report.pixel_counts) == 3
 
@@ -52,7 +55,7 @@ def test_doctor_cli_exit_codes_and_table(tmp_path, layouts, capsys):
     bad = _broken_folder(tmp_path / "bad", layouts)
     code = main(["check", "--dataset", "folder", "--root", str(bad), "--split", "all"])
     out = capsys.readouterr().out
-    assert code == 1 and "FAILED: 4 error(s), 1 warning(s)" in out and "ERROR: " in out
+    assert code == 1 and "FAILED: 4 error(s), 2 warning(s)" in out and "ERROR: " in out
 
 
 def test_doctor_reports_layout_errors_without_raising(tmp_path):
@@ -64,3 +67,15 @@ def test_doctor_reports_layout_errors_without_raising(tmp_path):
 def test_doctor_on_synthetic(tmp_path):
     report = check_dataset("synthetic", split="val", num_samples=5, size=32)
     assert report.ok and report.num_checked == 5 and (report.pixel_counts > 0).sum() >= 3
+
+
+def test_doctor_cityscapes_missing_partners_both_ways(tmp_path, layouts):
+    root = layouts.cityscapes(tmp_path)
+    next((root / "leftImg8bit").rglob("aachen*.png")).unlink()  # label left without image
+    next((root / "gtFine").rglob("bochum*_labelIds.png")).unlink()  # image left without label
+    report = check_dataset("cityscapes", root, split="val")
+    assert report.num_pairs == 0 and not report.ok
+    assert any("bochum_000000_000001_leftImg8bit.png has no label" in e for e in report.errors)
+    assert any(
+        "aachen_000000_000000_gtFine_labelIds.png has no image" in w for w in report.warnings
+    )

@@ -107,6 +107,8 @@ def check_dataset(
     report.info.extend(ds.layout_info())
     for p in getattr(ds, "problems", []):
         report.errors.append(p)
+    for orphan in ds.orphan_labels():
+        report.warnings.append(f"missing partner: label {orphan} has no image")
     k = ds.num_classes
     pixel_counts = np.zeros(k, dtype=np.int64)
     image_counts = np.zeros(k, dtype=np.int64)

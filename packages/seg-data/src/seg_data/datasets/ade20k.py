@@ -88,6 +88,7 @@ class ADE20K(SegmentationDataset):
         images = sorted(img_dir.glob("*.jpg"))
         if not images:
             raise MissingFileError(f"ade20k: no *.jpg images in {img_dir}")
+        self._ann_dir, self._img_dir = ann_dir, img_dir
         files, problems = pair_files(
             "ade20k", images, lambda p: ann_dir / f"{p.stem}.png", strict=strict
         )
@@ -109,3 +110,10 @@ class ADE20K(SegmentationDataset):
             seed=seed,
             problems=problems,
         )
+
+    def orphan_labels(self) -> list[Path]:
+        return [
+            p
+            for p in sorted(self._ann_dir.glob("*.png"))
+            if not (self._img_dir / f"{p.stem}.jpg").is_file()
+        ]

@@ -230,6 +230,10 @@ class SegmentationDataset(Dataset):
         """Facts about the on-disk layout for the dataset doctor (e.g. which label files exist)."""
         return []
 
+    def orphan_labels(self) -> list[Path]:
+        """Label files in the split's label folder that no image of the split uses (doctor)."""
+        return []
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(samples={len(self)}, classes={self.num_classes}, "

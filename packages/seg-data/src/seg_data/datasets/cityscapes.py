@@ -166,6 +166,15 @@ class Cityscapes(SegmentationDataset):
             lut = self._train_lut if train else self._ids_lut
         return super().map_label(raw, path, lut)
 
+    def orphan_labels(self) -> list[Path]:
+        gt, img = self.root / "gtFine" / self.split, self.root / "leftImg8bit" / self.split
+        suffix = "_gtFine_labelIds.png"
+        return [
+            p
+            for p in sorted(gt.glob(f"*/*{suffix}"))
+            if not (img / p.parent.name / f"{p.name[: -len(suffix)]}_leftImg8bit.png").is_file()
+        ]
+
     def layout_info(self) -> list[str]:
         gt = self.root / "gtFine" / self.split
         n_ids = sum(1 for _ in gt.glob("*/*_gtFine_labelIds.png"))

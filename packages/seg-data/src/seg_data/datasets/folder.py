@@ -99,6 +99,9 @@ class FolderDataset(SegmentationDataset):
             )
         if not images:
             raise MissingFileError(f"folder: no images ({', '.join(IMAGE_SUFFIXES)}) in {img_dir}")
+        self._mask_dir = mask_dir
+        self._stems = {p.stem for p in images}
+        self._all_images = split in (None, "all") or (img_root / str(split)).is_dir()
         files, problems = pair_files(
             "folder", images, lambda p: mask_dir / f"{p.stem}.png", strict=strict
         )
@@ -123,6 +126,11 @@ class FolderDataset(SegmentationDataset):
             seed=seed,
             problems=problems,
         )
+
+    def orphan_labels(self) -> list[Path]:
+        if not self._all_images:  # a split file selects a subset: other masks are expected
+            return []
+        return [p for p in sorted(self._mask_dir.glob("*.png")) if p.stem not in self._stems]
 
 
 def _images_in(folder: Path) -> list[Path]:
