@@ -8,7 +8,6 @@ from torch import Tensor, nn
 
 from seg_backbones import FeatureInfo
 
-
 # One intra-op thread: on small, shared CI machines (2 cores) OpenMP threads spinning
 # against other processes make these tiny forwards up to 10x slower.
 torch.set_num_threads(1)

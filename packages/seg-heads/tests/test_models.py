@@ -274,3 +274,16 @@ def test_denseaspp_matches_a_transcription_of_the_official_code() -> None:
         want = classification(feature)
         got = ours(x)
     assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_pretrained_backbone_is_loaded_from_a_local_path(tmp_path) -> None:
+    from seg_backbones import create_backbone
+
+    torch.manual_seed(1)
+    src = create_backbone("resnet18", output_stride=8)
+    path = tmp_path / "resnet18_backbone.pth"
+    torch.save(src.state_dict(), path)
+    model = create_model("fcn", backbone="resnet18", num_classes=3, pretrained_backbone=str(path))
+    assert model.build_config["pretrained_backbone"] == str(path)
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[k], v), k

@@ -15,10 +15,11 @@ from ._registry import list_models, register_model
 from .aspp import ASPPHead
 from .denseaspp import DenseASPPHead
 from .fcn import FCNHead
-from .model import IMAGENET_RGB, SegmentationModel, create_model
+from .model import CAFFE_BGR, IMAGENET_RGB, SegmentationModel, create_model
 from .psp import PSPHead
 
 __all__ = [
+    "CAFFE_BGR",
     "IMAGENET_RGB",
     "ASPPHead",
     "DenseASPPHead",

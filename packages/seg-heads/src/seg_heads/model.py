@@ -30,7 +30,7 @@ from seg_backbones import create_backbone, load_pretrained
 from ._registry import get_head_builder
 from .fcn import FCNHead
 
-__all__ = ["IMAGENET_RGB", "SegmentationModel", "create_model"]
+__all__ = ["CAFFE_BGR", "IMAGENET_RGB", "SegmentationModel", "create_model"]
 
 IMAGENET_RGB: dict[str, Any] = {
     "mean": [123.675, 116.28, 103.53],
@@ -38,6 +38,13 @@ IMAGENET_RGB: dict[str, Any] = {
     "color_order": "RGB",
 }
 """ImageNet normalisation in the 0-255 scale (torchvision, timm, mmseg, CSAIL weights)."""
+
+CAFFE_BGR: dict[str, Any] = {
+    "mean": [104.008, 116.669, 122.675],
+    "std": [1.0, 1.0, 1.0],
+    "color_order": "BGR",
+}
+"""Caffe-style BGR mean, std 1, in the 0-255 scale (PKUSeg / torchcv weights)."""
 
 
 class SegmentationModel(nn.Module):
