@@ -10,7 +10,13 @@ from seg_backbones import FrozenBatchNorm2d, create_backbone, load_pretrained
 
 torchvision = pytest.importorskip("torchvision")
 
-X_SHAPE = (1, 3, 97, 129)
+X_SHAPE = (1, 3, 65, 81)  # odd, small: every stride-2 op must round up as torchvision's
+
+
+def _meta(name: str, **kwargs) -> nn.Module:
+    """Structure only (no init, no memory): for tests that inspect attributes."""
+    with torch.device("meta"):
+        return create_backbone(name, **kwargs)
 
 
 def _torchvision_features(tv: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -65,23 +71,24 @@ def test_torchvision_resnet50_parity(
 
 @pytest.mark.parametrize("depth", [18, 50, 101])
 def test_param_count_equals_torchvision(depth: int) -> None:
-    tv = getattr(torchvision.models, f"resnet{depth}")()
+    with torch.device("meta"):
+        tv = getattr(torchvision.models, f"resnet{depth}")()
     n_tv = sum(p.numel() for k, p in tv.named_parameters() if not k.startswith("fc."))
-    bb = create_backbone(f"resnet{depth}")
+    bb = _meta(f"resnet{depth}")
     assert sum(p.numel() for p in bb.parameters()) == n_tv
     tv_keys = {k for k in tv.state_dict() if not k.startswith("fc.")}
     assert set(bb.state_dict()) == tv_keys
 
 
 def test_deep_stems_match_references() -> None:
-    v1c = create_backbone("resnet50_v1c")
+    v1c = _meta("resnet50_v1c")
     assert [tuple(v1c.stem[i].weight.shape) for i in (0, 3, 6)] == [
         (32, 3, 3, 3),
         (32, 32, 3, 3),
         (64, 32, 3, 3),
     ]
     assert v1c.stem[0].stride == (2, 2) and v1c.stem[3].stride == (1, 1)
-    deep = create_backbone("resnet50_deep")
+    deep = _meta("resnet50_deep")
     assert [tuple(deep.stem[i].weight.shape) for i in (0, 3, 6)] == [
         (64, 3, 3, 3),
         (64, 64, 3, 3),
@@ -115,7 +122,7 @@ def _dilations(layer: nn.Sequential, conv: str = "conv2") -> list[int]:
 def test_dilation_per_block(
     output_stride: int, contract: bool, layer3: list[int], layer4: list[int]
 ) -> None:
-    bb = create_backbone("resnet50", output_stride=output_stride, contract_dilation=contract)
+    bb = _meta("resnet50", output_stride=output_stride, contract_dilation=contract)
     assert _dilations(bb.layer1) == [1] * 3 and _dilations(bb.layer2) == [1] * 4
     assert _dilations(bb.layer3) == layer3
     assert _dilations(bb.layer4) == layer4
@@ -137,7 +144,7 @@ def test_dilation_per_block(
     ],
 )
 def test_multi_grid(output_stride: int, mode: str, layer4: list[int]) -> None:
-    bb = create_backbone(
+    bb = _meta(
         "resnet101_v1c", output_stride=output_stride, multi_grid=(1, 2, 4), multi_grid_mode=mode
     )
     assert _dilations(bb.layer4) == layer4
@@ -147,12 +154,12 @@ def test_multi_grid(output_stride: int, mode: str, layer4: list[int]) -> None:
 
 
 def test_basic_block_dilation() -> None:
-    bb = create_backbone("resnet18", output_stride=8)
+    bb = _meta("resnet18", output_stride=8)
     assert _dilations(bb.layer3, "conv1") == [1, 2]
     assert _dilations(bb.layer4, "conv1") == [2, 4]
     # conv2 of BasicBlock keeps dilation 1, as mmseg's BasicBlock
     assert _dilations(bb.layer4, "conv2") == [1, 1]
-    bb = create_backbone("resnet34_deep", output_stride=8, contract_dilation=False)
+    bb = _meta("resnet34_deep", output_stride=8, contract_dilation=False)
     assert _dilations(bb.layer4, "conv1") == [4, 4, 4]
 
 
@@ -166,7 +173,7 @@ def test_basic_block_dilation() -> None:
     ],
 )
 def test_norm_layer(norm: str, cls: type) -> None:
-    bb = create_backbone("resnet18_v1c", norm_layer=norm)
+    bb = _meta("resnet18_v1c", norm_layer=norm)
     assert isinstance(bb.stem[1], cls) and isinstance(bb.layer4[1].bn2, cls)
     if norm == "gn":
         assert bb.stem[1].num_groups == 32
@@ -175,7 +182,7 @@ def test_norm_layer(norm: str, cls: type) -> None:
 
 
 def test_norm_layer_callable() -> None:
-    bb = create_backbone("resnet18", norm_layer=lambda c: nn.GroupNorm(8, c))
+    bb = _meta("resnet18", norm_layer=lambda c: nn.GroupNorm(8, c))
     assert bb.bn1.num_groups == 8
 
 
