@@ -86,6 +86,7 @@ def test_unknown_name_lists_valid_names() -> None:
         ({"multi_grid": (1, 2, 4), "multi_grid_mode": "sum"}, "multi_grid_mode"),
         ({"frozen_stages": 5}, "frozen_stages"),
         ({"norm_layer": "ln"}, "norm_layer"),
+        ({"basic_block_dilation": "conv2"}, "basic_block_dilation"),
     ],
 )
 def test_invalid_options_are_named(kwargs: dict, match: str) -> None:
@@ -96,6 +97,8 @@ def test_invalid_options_are_named(kwargs: dict, match: str) -> None:
 def test_options_are_keyword_only() -> None:
     with pytest.raises(TypeError):
         create_backbone("resnet18", 8)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"resnet50_v1c: unknown option\(s\) \['outputstride'\]"):
+        create_backbone("resnet50_v1c", outputstride=8)
 
 
 def test_timm_wrapper_contract() -> None:

@@ -135,32 +135,54 @@ def test_dilation_per_block(
 
 
 @pytest.mark.parametrize(
-    ("output_stride", "mode", "layer4"),
+    ("output_stride", "mode", "contract", "layer4"),
     [
-        (8, "multiply", [4, 8, 16]),  # DeepLabV3 paper / PKUSeg
-        (8, "absolute", [1, 2, 4]),  # mmseg
-        (16, "multiply", [2, 4, 8]),
-        (16, "absolute", [1, 2, 4]),
+        (8, "multiply", False, [4, 8, 16]),  # DeepLabV3 paper / PKUSeg
+        (8, "multiply", True, [2, 8, 16]),  # torchcv: the formerly strided conv gets D // 2
+        (8, "absolute", True, [1, 2, 4]),  # mmseg: grid as given, never contracted
+        (8, "absolute", False, [1, 2, 4]),
+        (16, "multiply", False, [2, 4, 8]),
+        (16, "multiply", True, [1, 4, 8]),
+        (16, "absolute", True, [1, 2, 4]),
     ],
 )
-def test_multi_grid(output_stride: int, mode: str, layer4: list[int]) -> None:
+def test_multi_grid(output_stride: int, mode: str, contract: bool, layer4: list[int]) -> None:
     bb = _meta(
-        "resnet101_v1c", output_stride=output_stride, multi_grid=(1, 2, 4), multi_grid_mode=mode
+        "resnet101_v1c",
+        output_stride=output_stride,
+        multi_grid=(1, 2, 4),
+        multi_grid_mode=mode,
+        contract_dilation=contract,
     )
     assert _dilations(bb.layer4) == layer4
     # layer3 is untouched by the grid
-    expected3 = [1] + [2] * 22 if output_stride == 8 else [1] * 23
+    if output_stride == 8:
+        expected3 = ([1] if contract else [2]) + [2] * 22
+    else:
+        expected3 = [1] * 23
     assert _dilations(bb.layer3) == expected3
 
 
 def test_basic_block_dilation() -> None:
+    # mmseg BasicBlock (7x7 and _v1c defaults): conv1 dilated, conv2 at dilation 1
     bb = _meta("resnet18", output_stride=8)
     assert _dilations(bb.layer3, "conv1") == [1, 2]
     assert _dilations(bb.layer4, "conv1") == [2, 4]
-    # conv2 of BasicBlock keeps dilation 1, as mmseg's BasicBlock
     assert _dilations(bb.layer4, "conv2") == [1, 1]
+    assert _dilations(_meta("resnet18_v1c", output_stride=8).layer4, "conv2") == [1, 1]
+    # CSAIL/torchcv _nostride_dilate (_deep default): the formerly strided conv1 gets D // 2,
+    # every other 3x3 conv D
+    bb = _meta("resnet18_deep", output_stride=8)
+    assert _dilations(bb.layer3, "conv1") == [1, 2]
+    assert _dilations(bb.layer3, "conv2") == [2, 2]
+    assert _dilations(bb.layer4, "conv1") == [2, 4]
+    assert _dilations(bb.layer4, "conv2") == [4, 4]
+    bb = _meta("resnet34", output_stride=16, basic_block_dilation="both")
+    assert _dilations(bb.layer4, "conv2") == [2, 2, 2]
     bb = _meta("resnet34_deep", output_stride=8, contract_dilation=False)
     assert _dilations(bb.layer4, "conv1") == [4, 4, 4]
+    bb = _meta("resnet34_deep", output_stride=8, basic_block_dilation="conv1")
+    assert _dilations(bb.layer4, "conv2") == [1, 1, 1]
 
 
 @pytest.mark.parametrize(

@@ -14,22 +14,28 @@ stems follow He et al., "Bag of Tricks for Image Classification" (ResNet-C, 2019
 Both deep stems are an ``nn.Sequential`` called ``stem`` laid out as mmseg's
 (``stem.0`` conv, ``stem.1`` norm, ``stem.2`` ReLU, ``stem.3``/``4``/``5``,
 ``stem.6``/``7``/``8``). Bottleneck blocks put the stride on the 3x3 conv
-(torchvision, mmseg ``style='pytorch'``). Dilated BasicBlocks dilate ``conv1`` only
-and keep ``conv2`` at dilation 1, as mmseg's ``BasicBlock``.
+(torchvision, mmseg ``style='pytorch'``).
 
 Output stride (``8 | 16 | 32``) replaces the stride of layer3/layer4 with
 dilation: OS8 uses strides (1, 2, 1, 1) and dilations (1, 1, 2, 4), OS16
-(1, 2, 2, 1) and (1, 1, 1, 2). With ``contract_dilation=True`` (mmseg's configs,
-torchvision's ``replace_stride_with_dilation``, CSAIL) the first block of a
-dilated stage uses half the stage dilation; ``False`` reproduces PKUSeg.
-``multi_grid`` sets the layer4 block dilations: ``"multiply"`` gives stage
-dilation x grid (DeepLabV3 paper, PKUSeg: OS8, (1, 2, 4) -> 4, 8, 16);
-``"absolute"`` uses the grid as is (mmseg: (1, 2, 4) -> 1, 2, 4). With a
-multi-grid, ``contract_dilation`` does not apply to layer4 (as in mmseg).
+(1, 2, 2, 1) and (1, 1, 1, 2). Each block of a stage gets a dilation ``D``: the
+stage dilation, or with ``multi_grid`` (layer4 only) stage dilation x grid
+(``multi_grid_mode="multiply"``: DeepLabV3 paper, torchcv, PKUSeg; OS8, (1, 2, 4) ->
+4, 8, 16) or the grid itself (``"absolute"``: mmseg; (1, 2, 4) -> 1, 2, 4).
+With ``contract_dilation=True`` (mmseg's configs, torchvision's
+``replace_stride_with_dilation``, CSAIL, torchcv) the conv that had the stride, in
+the first block of a dilated stage, uses ``D // 2``; ``False`` reproduces PKUSeg.
+In ``"absolute"`` mode the grid is used as given, uncontracted (as mmseg).
+
+BasicBlock (ResNet-18/34) ``conv2`` has no stride; ``basic_block_dilation`` says
+what it gets: ``"conv1"`` keeps it at dilation 1 (mmseg's ``BasicBlock``; default
+for the 7x7 and ``_v1c`` variants), ``"both"`` gives it the block dilation ``D``
+(CSAIL / torchcv ``_nostride_dilate``; default for the ``_deep`` variants).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -44,6 +50,7 @@ __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
 
 StemType = Literal["7x7", "deep"]
 MultiGridMode = Literal["multiply", "absolute"]
+BasicDilation = Literal["conv1", "both"]
 
 # output stride -> (strides, dilations) of layer1..layer4
 _STRIDES_DILATIONS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -58,7 +65,7 @@ def _conv3x3(cin: int, cout: int, *, stride: int = 1, dilation: int = 1) -> nn.C
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs with a residual (ResNet-18/34). ``dilation`` applies to ``conv1``."""
+    """Two 3x3 convs with a residual (ResNet-18/34); ``dilation2`` is ``conv2``'s dilation."""
 
     expansion = 1
 
@@ -69,6 +76,7 @@ class BasicBlock(nn.Module):
         *,
         stride: int = 1,
         dilation: int = 1,
+        dilation2: int = 1,
         downsample: nn.Module | None = None,
         norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
@@ -76,7 +84,7 @@ class BasicBlock(nn.Module):
         self.conv1 = _conv3x3(inplanes, planes, stride=stride, dilation=dilation)
         self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = _conv3x3(planes, planes)
+        self.conv2 = _conv3x3(planes, planes, dilation=dilation2)
         self.bn2 = norm_layer(planes)
         self.downsample = downsample
 
@@ -99,10 +107,12 @@ class Bottleneck(nn.Module):
         *,
         stride: int = 1,
         dilation: int = 1,
+        dilation2: int = 1,
         downsample: nn.Module | None = None,
         norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
+        del dilation2  # a Bottleneck's only 3x3 conv is conv2, which takes ``dilation``
         width = planes
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = norm_layer(width)
@@ -131,14 +141,23 @@ def block_dilations(
     contract_dilation: bool,
     multi_grid: Sequence[int] | None = None,
     multi_grid_mode: MultiGridMode = "multiply",
-) -> list[int]:
-    """Dilation of each block of a stage whose (stage) dilation is ``dilation``."""
+) -> tuple[list[int], list[int]]:
+    """Dilations of a stage with stage dilation ``dilation``.
+
+    Returns ``(main, full)``: ``main[j]`` for block ``j``'s strided-position 3x3 conv
+    (Bottleneck ``conv2``, BasicBlock ``conv1``; contracted in the first block),
+    ``full[j]`` the block dilation ``D`` before contraction.
+    """
+    if multi_grid is not None and multi_grid_mode == "absolute":
+        return list(multi_grid), list(multi_grid)
     if multi_grid is not None:
-        if multi_grid_mode == "multiply":
-            return [dilation * g for g in multi_grid]
-        return list(multi_grid)
-    first = dilation // 2 if contract_dilation and dilation > 1 else dilation
-    return [first] + [dilation] * (num_blocks - 1)
+        full = [dilation * g for g in multi_grid]
+    else:
+        full = [dilation] * num_blocks
+    main = list(full)
+    if contract_dilation and dilation > 1:
+        main[0] = full[0] // 2
+    return main, full
 
 
 class ResNet(nn.Module):
@@ -160,6 +179,7 @@ class ResNet(nn.Module):
         contract_dilation: bool = True,
         multi_grid: Sequence[int] | None = None,
         multi_grid_mode: MultiGridMode = "multiply",
+        basic_block_dilation: BasicDilation = "conv1",
         norm_layer: str | NormLayer = "bn",
         norm_eval: bool = False,
         frozen_stages: int = -1,
@@ -167,6 +187,11 @@ class ResNet(nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
+        if basic_block_dilation not in ("conv1", "both"):
+            raise ValueError(
+                "basic_block_dilation must be 'conv1' (mmseg) or 'both' (CSAIL/torchcv), "
+                f"got {basic_block_dilation!r}"
+            )
         if output_stride not in _STRIDES_DILATIONS:
             raise ValueError(
                 f"output_stride must be one of {sorted(_STRIDES_DILATIONS)}, got {output_stride!r}"
@@ -222,15 +247,17 @@ class ResNet(nn.Module):
             zip(layers, strides, dilations, strict=True)
         ):
             planes = 64 * 2**i
-            dils = block_dilations(
+            main, full = block_dilations(
                 num_blocks,
                 dilation,
                 contract_dilation=contract_dilation,
                 multi_grid=multi_grid if i == 3 else None,
                 multi_grid_mode=multi_grid_mode,
             )
+            second = full if basic_block_dilation == "both" else [1] * len(full)
             self.add_module(
-                f"layer{i + 1}", self._make_layer(block, inplanes, planes, stride, dils, norm)
+                f"layer{i + 1}",
+                self._make_layer(block, inplanes, planes, stride, main, second, norm),
             )
             inplanes = planes * block.expansion
             reduction *= stride
@@ -246,6 +273,7 @@ class ResNet(nn.Module):
         planes: int,
         stride: int,
         dilations: Sequence[int],
+        dilations2: Sequence[int],
         norm: NormLayer,
     ) -> nn.Sequential:
         downsample = None
@@ -255,13 +283,14 @@ class ResNet(nn.Module):
                 norm(planes * block.expansion),
             )
         blocks: list[nn.Module] = []
-        for j, dilation in enumerate(dilations):
+        for j, (dilation, dilation2) in enumerate(zip(dilations, dilations2, strict=True)):
             blocks.append(
                 block(
                     inplanes if j == 0 else planes * block.expansion,
                     planes,
                     stride=stride if j == 0 else 1,
                     dilation=dilation,
+                    dilation2=dilation2,
                     downsample=downsample if j == 0 else None,
                     norm_layer=norm,
                 )
@@ -338,10 +367,20 @@ _DEPTHS: dict[int, tuple[Block, tuple[int, int, int, int]]] = {
 }
 
 _STEMS: dict[str, dict[str, Any]] = {
-    "torchvision": {"stem_type": "7x7", "stem_width": 64, "inplanes": 64},
-    "v1c": {"stem_type": "deep", "stem_width": 32, "inplanes": 64},  # mmseg ResNetV1c
-    "deep": {"stem_type": "deep", "stem_width": 64, "inplanes": 128},  # CSAIL 3x3-Res
+    "torchvision": {"stem_type": "7x7", "stem_width": 64, "inplanes": 64, "basic": "conv1"},
+    "v1c": {"stem_type": "deep", "stem_width": 32, "inplanes": 64, "basic": "conv1"},  # mmseg
+    "deep": {"stem_type": "deep", "stem_width": 64, "inplanes": 128, "basic": "both"},  # CSAIL
 }
+
+
+def _build(depth: int, stem: str, kwargs: dict[str, Any]) -> ResNet:
+    unknown = sorted(set(kwargs) - _OPTIONS)
+    if unknown:
+        name = f"resnet{depth}" + ("" if stem == "torchvision" else f"_{stem}")
+        raise TypeError(
+            f"{name}: unknown option(s) {unknown}; valid keyword options are {sorted(_OPTIONS)}"
+        )
+    return _create_resnet(depth, stem, **kwargs)
 
 
 def _create_resnet(
@@ -352,6 +391,7 @@ def _create_resnet(
     contract_dilation: bool = True,
     multi_grid: Sequence[int] | None = None,
     multi_grid_mode: MultiGridMode = "multiply",
+    basic_block_dilation: BasicDilation | None = None,
     norm_layer: str | NormLayer = "bn",
     norm_eval: bool = False,
     frozen_stages: int = -1,
@@ -359,10 +399,15 @@ def _create_resnet(
     in_chans: int = 3,
 ) -> ResNet:
     block, layers = _DEPTHS[depth]
+    if not isinstance(output_stride, int) or isinstance(output_stride, bool):
+        raise TypeError(f"output_stride must be an int (8, 16 or 32), got {output_stride!r}")
+    stem_args = dict(_STEMS[stem])
+    basic = stem_args.pop("basic")
     return ResNet(
         block=block,
         layers=layers,
-        **_STEMS[stem],
+        **stem_args,
+        basic_block_dilation=basic if basic_block_dilation is None else basic_block_dilation,
         output_stride=output_stride,
         contract_dilation=contract_dilation,
         multi_grid=multi_grid,
@@ -375,79 +420,84 @@ def _create_resnet(
     )
 
 
+_OPTIONS = frozenset(
+    n for n, p in inspect.signature(_create_resnet).parameters.items() if p.kind is p.KEYWORD_ONLY
+)
+
+
 @register_backbone
 def resnet18(**kwargs: Any) -> ResNet:
     """torchvision ResNet-18 (7x7 stem)."""
-    return _create_resnet(18, "torchvision", **kwargs)
+    return _build(18, "torchvision", kwargs)
 
 
 @register_backbone
 def resnet34(**kwargs: Any) -> ResNet:
     """torchvision ResNet-34 (7x7 stem)."""
-    return _create_resnet(34, "torchvision", **kwargs)
+    return _build(34, "torchvision", kwargs)
 
 
 @register_backbone
 def resnet50(**kwargs: Any) -> ResNet:
     """torchvision ResNet-50 (7x7 stem)."""
-    return _create_resnet(50, "torchvision", **kwargs)
+    return _build(50, "torchvision", kwargs)
 
 
 @register_backbone
 def resnet101(**kwargs: Any) -> ResNet:
     """torchvision ResNet-101 (7x7 stem)."""
-    return _create_resnet(101, "torchvision", **kwargs)
+    return _build(101, "torchvision", kwargs)
 
 
 @register_backbone
 def resnet152(**kwargs: Any) -> ResNet:
     """torchvision ResNet-152 (7x7 stem)."""
-    return _create_resnet(152, "torchvision", **kwargs)
+    return _build(152, "torchvision", kwargs)
 
 
 @register_backbone
 def resnet18_v1c(**kwargs: Any) -> ResNet:
     """mmseg ResNetV1c-18 (deep stem 32-32-64)."""
-    return _create_resnet(18, "v1c", **kwargs)
+    return _build(18, "v1c", kwargs)
 
 
 @register_backbone
 def resnet34_v1c(**kwargs: Any) -> ResNet:
     """mmseg ResNetV1c-34 (deep stem 32-32-64)."""
-    return _create_resnet(34, "v1c", **kwargs)
+    return _build(34, "v1c", kwargs)
 
 
 @register_backbone
 def resnet50_v1c(**kwargs: Any) -> ResNet:
     """mmseg ResNetV1c-50 (deep stem 32-32-64)."""
-    return _create_resnet(50, "v1c", **kwargs)
+    return _build(50, "v1c", kwargs)
 
 
 @register_backbone
 def resnet101_v1c(**kwargs: Any) -> ResNet:
     """mmseg ResNetV1c-101 (deep stem 32-32-64)."""
-    return _create_resnet(101, "v1c", **kwargs)
+    return _build(101, "v1c", kwargs)
 
 
 @register_backbone
 def resnet18_deep(**kwargs: Any) -> ResNet:
     """3x3-Res ResNet-18 (CSAIL/PKUSeg deep stem 64-64-128)."""
-    return _create_resnet(18, "deep", **kwargs)
+    return _build(18, "deep", kwargs)
 
 
 @register_backbone
 def resnet34_deep(**kwargs: Any) -> ResNet:
     """3x3-Res ResNet-34 (CSAIL/PKUSeg deep stem 64-64-128)."""
-    return _create_resnet(34, "deep", **kwargs)
+    return _build(34, "deep", kwargs)
 
 
 @register_backbone
 def resnet50_deep(**kwargs: Any) -> ResNet:
     """3x3-Res ResNet-50 (CSAIL/PKUSeg deep stem 64-64-128)."""
-    return _create_resnet(50, "deep", **kwargs)
+    return _build(50, "deep", kwargs)
 
 
 @register_backbone
 def resnet101_deep(**kwargs: Any) -> ResNet:
     """3x3-Res ResNet-101 (CSAIL/PKUSeg deep stem 64-64-128)."""
-    return _create_resnet(101, "deep", **kwargs)
+    return _build(101, "deep", kwargs)
