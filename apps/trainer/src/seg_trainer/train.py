@@ -183,6 +183,22 @@ def _denormalize(
     return x.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
+def _broadcast_buffers(model: nn.Module, accelerator: Any) -> None:
+    """Copy process 0's buffers (BN running statistics) to every process.
+
+    Without SyncBatchNorm each process's running statistics follow its own last
+    batches; evaluating with them would make the shards disagree with each other
+    and with the checkpoint (written by process 0). mmseg's DistEvalHook does the
+    same (``broadcast_bn_buffer=True``).
+    """
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    for buf in model.buffers():
+        dist.broadcast(buf.data, src=0)
+
+
 def _metrics_dict(result: Any) -> dict[str, Any]:
     def num(v: Any) -> float | None:
         v = float(v)
@@ -333,6 +349,7 @@ def train(cfg: Config, *, cpu: bool = False, resume: str | None = None) -> Train
     def run_eval(iteration: int, *, save_dir: Path | None = None) -> dict[str, Any]:
         """Evaluate on every process; log; keep best.pth when the mIoU improved."""
         nonlocal best_miou
+        _broadcast_buffers(accelerator.unwrap_model(model), accelerator)
         result = evaluate(model, val_loader, accelerator, save_dir=save_dir, **eval_kwargs)
         model.train()
         metrics = _metrics_dict(result)
