@@ -261,7 +261,12 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint", required=True, help="checkpoint (.pth) or seg-convert .safetensors"
     )
     p.add_argument("--cpu", action="store_true", help="run on CPU (Accelerator(cpu=True))")
-    p.add_argument("--split", default=None, help="dataset split (default: data.val_split)")
+    p.add_argument(
+        "--split",
+        default="val",
+        choices=["train", "val", "test"],
+        help="which split to evaluate: the config's data.<split>_split (default: val)",
+    )
     p.add_argument("--mode", choices=MODES, help="override evaluation.mode")
     p.add_argument(
         "--save-predictions",
@@ -338,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     checkpoint = load_checkpoint(args.checkpoint)
     cfg = _load_config(args, checkpoint)
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=cfg.train.mixed_precision)
-    split = args.split or cfg.data.val_split
+    split = args.split
 
     model = load_model(cfg, checkpoint, args.checkpoint)
     model.to(accelerator.device)
