@@ -143,7 +143,10 @@ def _check_compatible(ckpt_cfg: Any, cfg: Config, path: Path) -> None:
             "was started with (it is saved as <output_dir>/config.yaml), or start a new "
             "output_dir."
         )
-    benign = [k for k in changed if k != "output_dir"]
+    # where files go and how often they are written do not change the computation
+    benign = [
+        k for k in changed if k != "output_dir" and not k.startswith(("logging.", "checkpoint."))
+    ]
     if benign:
         warnings.warn(
             f"resuming from {path} with a config that differs in {benign}: the result will "
