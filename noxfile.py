@@ -75,7 +75,7 @@ def _link_torch(session: nox.Session) -> None:
 def _install(session: nox.Session, paths: list[str], extra: str | None = "test") -> None:
     """Install local packages (the last one with ``extra``) into a session with torch linked."""
     _link_torch(session)
-    args = list(paths[:-1]) + [f"{paths[-1]}[{extra}]" if extra else paths[-1]]
+    args = [*paths[:-1], f"{paths[-1]}[{extra}]" if extra else paths[-1]]
     session.install(*args)
 
 

@@ -116,7 +116,11 @@ def _check(package: str, dist_dir: Path) -> list[str]:
             problems.append(
                 f"{where} imports {name!r} (distribution {dist!r}) which {package}'s "
                 f"pyproject.toml does not declare"
-                + (" as a runtime dependency (it is an extra: import it lazily)" if dist in optional else "")
+                + (
+                    " as a runtime dependency (it is an extra: import it lazily)"
+                    if dist in optional
+                    else ""
+                )
             )
     return problems
 
