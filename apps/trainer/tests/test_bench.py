@@ -13,11 +13,10 @@ from seg_trainer.bench import BenchResult, build_bench_model, cli, format_table,
 TINY = {"size": (32, 32), "batch_size": 2, "iters": 1, "warmup": 1, "num_classes": 3}
 
 
-@pytest.mark.parametrize("mode", ["infer", "train"])
-def test_run_case_measures_a_model(mode: str) -> None:
-    r = run_case("fcn:resnet18", mode=mode, **TINY)
+def test_run_case_measures_a_model() -> None:
+    r = run_case("fcn:resnet18", mode="infer", **TINY)
     assert isinstance(r, BenchResult)
-    assert r.mode == mode and r.device == "cpu" and r.mem_kind == "peak_rss"
+    assert r.mode == "infer" and r.device == "cpu" and r.mem_kind == "peak_rss"
     assert r.images_per_s > 0 and r.seconds > 0
     assert r.peak_mem_mib >= r.base_mem_mib > 0
     assert r.params_m > 1
@@ -35,7 +34,7 @@ def test_train_step_updates_weights_with_channels_last(monkeypatch) -> None:
     torch.manual_seed(0)
     before = original("fcn:resnet18", num_classes=3).state_dict()
     r = run_case("fcn:resnet18", mode="train", channels_last=True, **TINY)
-    assert r.channels_last
+    assert r.mode == "train" and r.channels_last and r.images_per_s > 0
     after = built[0].state_dict()
     changed = [
         k for k, v in after.items() if v.is_floating_point() and not torch.equal(v, before[k])
