@@ -33,7 +33,7 @@ NVIDIA H200, torch 2.11, batch 8x3x512x512, --iters 10 (peak = max_memory_alloca
 
 Our DeepLabV3 (mmseg head: 512-channel ASPP branches at rates 12/24/36 + 3x3 bottleneck)
 and PSPNet are heavier than torchvision's 256-channel DeepLabV3; the torchvision twin
-``deeplabv3:resnet50:torchvision`` runs at torchvision's speed and memory.
+``deeplabv3:resnet50:torchvision`` matched torchvision on CPU (not run on the GPU).
 """
 
 from __future__ import annotations
