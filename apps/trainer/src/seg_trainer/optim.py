@@ -165,9 +165,13 @@ class WarmupPolyLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
+        return self.lrs_at(self.last_epoch)
+
+    def lrs_at(self, it: int) -> list[float]:
+        """Every group's LR for iteration ``it`` (a pure function of ``it`` and the settings)."""
         return [
             schedule_lr(
-                self.last_epoch,
+                it,
                 base,
                 max_iters=self.max_iters,
                 name=self.name,

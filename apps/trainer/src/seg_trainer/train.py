@@ -288,6 +288,13 @@ def train(cfg: Config, *, cpu: bool = False, resume: str | None = None) -> Train
     ckpt_path: Path | None = None
     if resumed is not None:
         path, state = resumed
+        lacking = [k for k in ("optimizer", "scheduler") if k not in state]
+        if lacking:
+            raise CheckpointError(
+                f"{path} holds no {' / '.join(lacking)} state (best.pth and seg-convert files "
+                "hold only the model): resume from an iter_*.pth checkpoint, or start a new run "
+                "with model.pretrained_backbone / seg-eval for evaluation"
+            )
         try:
             accelerator.unwrap_model(model).load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -298,6 +305,8 @@ def train(cfg: Config, *, cpu: bool = False, resume: str | None = None) -> Train
             ) from None
         # The schedule follows the config (e.g. a longer max_iters), at the saved iteration.
         scheduler.max_iters = cfg.train.max_iters
+        for group, lr in zip(optimizer.param_groups, scheduler.lrs_at(start_iter)):
+            group["lr"] = lr
         if accelerator.scaler is not None and state.get("scaler") is not None:
             accelerator.scaler.load_state_dict(state["scaler"])
         rng = state.get("rng") or []
