@@ -22,15 +22,78 @@ __all__ = [
     "build_dataloader",
     "build_dataset",
     "build_model",
+    "build_torchvision_model",
     "find_normalize",
 ]
 
 
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def build_torchvision_model(cfg: Config) -> nn.Module:
+    """A torchvision segmentation model as a baseline (``model.name: torchvision:ARCH``).
+
+    Random initialisation only (``weights=None, weights_backbone=None``: nothing is
+    downloaded). ``model.backbone`` must name the architecture's backbone (the suffix of
+    ARCH, e.g. ``mobilenet_v3_large``) so a config reads truthfully; the other seg_heads
+    options do not apply and must stay at their defaults. torchvision's models return a
+    dict with "out" (and "aux" when ``aux: true``), as ours do.
+    """
+    m = cfg.model
+    arch = m.name[len(TORCHVISION_PREFIX) :]
+    try:
+        from torchvision.models import segmentation
+    except ImportError as exc:  # optional extra
+        raise ConfigError(
+            f"model.name {m.name!r} needs torchvision: pip install 'seg-trainer[torchvision]'"
+        ) from exc
+    available = sorted(
+        n for n in dir(segmentation) if n.islower() and callable(getattr(segmentation, n))
+    )
+    available = [n for n in available if "_" in n and not n.startswith("_")]
+    if arch not in available:
+        raise ConfigError(
+            f"model.name: unknown torchvision model {arch!r}; valid: "
+            + ", ".join(TORCHVISION_PREFIX + n for n in available)
+        )
+    if not arch.endswith(m.backbone):
+        raise ConfigError(
+            f"model.backbone: {m.backbone!r} is not the backbone of {arch!r}; "
+            f"write the suffix of the architecture name"
+        )
+    unused = [
+        key
+        for key, value in (
+            ("pretrained_backbone", m.pretrained_backbone),
+            ("backbone_kwargs", m.backbone_kwargs),
+            ("head_kwargs", m.head_kwargs),
+            ("aux_kwargs", m.aux_kwargs),
+            ("align_corners", m.align_corners),
+        )
+        if value
+    ]
+    if unused:
+        raise ConfigError(f"model.{unused[0]} does not apply to torchvision models; remove it")
+    kwargs: dict[str, Any] = {"weights": None, "weights_backbone": None}
+    if m.aux:
+        kwargs["aux_loss"] = True
+    try:
+        return getattr(segmentation, arch)(num_classes=m.num_classes, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model: cannot build torchvision model {arch!r}: {exc}") from exc
+
+
 def build_model(cfg: Config) -> nn.Module:
-    """``seg_heads.create_model(cfg.model.name, **rest of cfg.model)``."""
+    """``seg_heads.create_model(cfg.model.name, **rest of cfg.model)``.
+
+    ``model.name: torchvision:ARCH`` builds a torchvision baseline instead
+    (:func:`build_torchvision_model`).
+    """
     from seg_heads import create_model
 
     m = cfg.model
+    if m.name.startswith(TORCHVISION_PREFIX):
+        return build_torchvision_model(cfg)
     try:
         return create_model(
             m.name,
