@@ -54,9 +54,9 @@ def test_unknown_torchvision_model_lists_valid_names():
 
 
 def test_backbone_must_match_and_seg_heads_options_are_refused():
-    with pytest.raises(ConfigError, match="model.backbone"):
+    with pytest.raises(ConfigError, match=r"model\.backbone"):
         build_model(_cfg("torchvision:lraspp_mobilenet_v3_large", "resnet50", "model.aux=false"))
-    with pytest.raises(ConfigError, match="model.head_kwargs does not apply"):
+    with pytest.raises(ConfigError, match=r"model\.head_kwargs does not apply"):
         build_model(
             _cfg(
                 "torchvision:lraspp_mobilenet_v3_large",
