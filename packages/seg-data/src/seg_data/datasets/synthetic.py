@@ -11,10 +11,10 @@ short side (bands 8-20% wide). Every foreground class has
 
 - a colour (a base hue, jittered by up to +-20 per channel for each object), and
 - a texture (a luminance pattern with random orientation and period per object):
-  ``stripes``, ``checks``, ``dots``, ``grain`` (fine noise) or ``smooth``.
+  ``stripes``, ``smooth``, ``dots``, ``grain`` (fine noise) or ``checks``.
 
 Classes come in pairs that SHARE a hue and differ in texture (class 1 red stripes, class 2
-red checks, class 3 green dots, class 4 green grain, class 5 blue smooth, ...), the image gets
+red smooth, class 3 green dots, class 4 green grain, class 5 blue checks, ...), the image gets
 per-pixel noise (sigma 8) and a global brightness gain (0.8-1.2). So no single pixel's colour
 tells the class: a model has to combine colour, texture (a few pixels of context) and shape.
 Each class is nevertheless well defined by its local appearance, so a small network learns it
@@ -46,7 +46,7 @@ _HUES = (
     ("orange", (235, 125, 30)),
     ("pink", (230, 120, 180)),
 )
-_TEXTURES = ("stripes", "checks", "dots", "grain", "smooth")
+_TEXTURES = ("stripes", "smooth", "dots", "grain", "checks")
 MAX_CLASSES = 1 + 2 * len(_HUES)
 
 
