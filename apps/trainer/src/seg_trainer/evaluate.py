@@ -79,6 +79,10 @@ def make_shard_loader(
         pin_memory=dataloader.pin_memory,
         worker_init_fn=dataloader.worker_init_fn,
         persistent_workers=False,
+        # its own generator: evaluating must not consume the global torch RNG (the
+        # loader draws a worker base seed), or training randomness after an evaluation
+        # would depend on evaluation.interval
+        generator=torch.Generator().manual_seed(0),
     )
     return loader, indices
 
