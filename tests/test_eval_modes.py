@@ -51,7 +51,7 @@ def test_each_mode_writes_metrics(tmp_path: Path, checkpoint: Path, mode: str, c
     assert saved == json.loads(json.dumps(metrics))
     assert saved["evaluation"]["mode"] == mode and saved["iteration"] == 3
     m = saved["metrics"]
-    assert m["class_names"] == ["background", "red stripes", "red checks"]
+    assert m["class_names"] == ["background", "red stripes", "red smooth"]
     assert 0 < m["num_pixels"] <= NUM_IMAGES * H * W
     assert 0.0 <= m["aacc"] <= 1.0 and len(m["per_class"]["iou"]) == 3
 

@@ -17,7 +17,7 @@ CAMVID = Path(__file__).resolve().parents[1] / "configs" / "camvid"
 
 def _cfg(name: str, backbone: str, *extra: str):
     return load_config(
-        CAMVID / "pspnet_r18-deep_288x288_cpu20m.yaml",
+        CAMVID / "pspnet_r18-deep_camvid_288x288.yaml",
         [
             f"model.name={name}",
             f"model.backbone={backbone}",
