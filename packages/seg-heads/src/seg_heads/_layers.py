@@ -6,48 +6,15 @@ with a BatchNorm ``norm_cfg``, so mmsegmentation head weights load by name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import Tensor, nn
+
+from seg_backbones.norm import NormLayer, get_norm_layer
 
 __all__ = ["ConvBNReLU", "NormLayer", "resolve_norm"]
 
-NormLayer = Callable[[int], nn.Module]
-
-_GN_GROUPS = 32
-
-
-def _group_norm(num_features: int) -> nn.Module:
-    if num_features % _GN_GROUPS:
-        raise ValueError(
-            f"norm_layer='gn' uses {_GN_GROUPS} groups but a head layer has {num_features} "
-            f"channels; pass norm_layer=lambda c: nn.GroupNorm(g, c) with g dividing {num_features}"
-        )
-    return nn.GroupNorm(_GN_GROUPS, num_features)
-
-
-_NORMS: dict[str, NormLayer] = {
-    "bn": nn.BatchNorm2d,
-    "syncbn": nn.SyncBatchNorm,
-    "gn": _group_norm,
-}
-
-
-def resolve_norm(norm_layer: str | NormLayer) -> NormLayer:
-    """Turn ``"bn" | "syncbn" | "gn"`` or a callable ``num_features -> nn.Module`` into a callable."""
-    if isinstance(norm_layer, str):
-        try:
-            return _NORMS[norm_layer]
-        except KeyError:
-            raise ValueError(
-                f"unknown head norm_layer {norm_layer!r}; valid names are {sorted(_NORMS)} "
-                "or a callable num_features -> nn.Module"
-            ) from None
-    if callable(norm_layer):
-        return norm_layer
-    raise TypeError(
-        f"norm_layer must be one of {sorted(_NORMS)} or a callable, got {type(norm_layer).__name__}"
-    )
+# The norm-layer option means the same for heads as for backbones ("bn" | "syncbn" | "gn" |
+# "frozen_bn" | callable): one resolver, seg_backbones'.
+resolve_norm = get_norm_layer
 
 
 class ConvBNReLU(nn.Module):

@@ -1,0 +1,181 @@
+"""Build docs/results.md and its pictures from the CamVid runs of ``camvid.sh``.
+
+Reads, for each run in ``work_dirs/camvid/<config>/``: ``log.jsonl`` (training), the val
+``metrics.json`` written at the end of training, ``eval_test_whole.json`` written by
+``seg-eval --split test``, and ``/usr/bin/time -v`` outputs. Writes the tables to stdout (the
+caller pastes them into docs/results.md) and two PNGs into docs/:
+``camvid_curves.png`` (training loss against iteration and against wall time, val mIoU) and
+``camvid_predictions.png`` (a few test images: image | ground truth | each model).
+
+    python tests/benchmarks/camvid_report.py [CAMVID_ROOT] [--pauses SECONDS_PER_RUN_JSON]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = ROOT / "work_dirs" / "camvid"
+ORDER = [
+    "pspnet_r18-deep_camvid_288x288",
+    "deeplabv3_r18-deep_camvid_288x288",
+    "denseaspp_r18-deep_camvid_288x288",
+    "lraspp_mobilenet-v3-large_camvid_288x288",
+    "deeplabv3_mobilenet-v3-large_camvid_288x288",
+]
+
+
+def _time_v(path: Path) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) from a /usr/bin/time -v file."""
+    text = path.read_text()
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text).group(1)
+    parts = [float(p) for p in wall.split(":")]
+    secs = sum(p * 60**i for i, p in enumerate(reversed(parts)))
+    rss_kb = float(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
+    return secs, rss_kb / 1024
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("root", nargs="?", default=str(ROOT.parent / "shared" / "data" / "camvid"))
+    p.add_argument("--pauses", default="{}", help='JSON {"config": seconds paused}')
+    args = p.parse_args()
+    pauses = json.loads(args.pauses)
+    runs = [RUNS / n for n in ORDER if (RUNS / n / "eval_test_whole.json").exists()]
+    if not runs:
+        raise SystemExit(f"no finished runs under {RUNS}")
+
+    rows, per_class, names = [], [], None
+    for run in runs:
+        cfg = run.name
+        log = _log(run)
+        train = [r for r in log if r["type"] == "train"]
+        val = [r for r in log if r["type"] == "val"]
+        test = json.loads((run / "eval_test_whole.json").read_text())
+        names = test["class_names"]
+        wall_train, rss_train = _time_v(run / "time_train.txt")
+        wall_train -= float(pauses.get(cfg, 0.0))
+        wall_test, _ = _time_v(run / "time_test.txt")
+        iters = train[-1]["iter"]
+        import yaml
+
+        c = yaml.safe_load((run / "config.yaml").read_text())
+        batch = c["data"]["batch_size"]
+        # training time proper: time_per_iter is the mean over each log interval
+        t_iter = sum(r["time_per_iter"] * (r["iter"] - q) for r, q in zip(train, [0] + [x["iter"] for x in train]))
+        t_iter -= float(pauses.get(cfg, 0.0))  # the run was SIGSTOPped meanwhile (see results.md)
+        rows.append(
+            {
+                "config": cfg,
+                "model": c["model"]["name"],
+                "backbone": c["model"]["backbone"],
+                "test_miou": test["mIoU"],
+                "test_aacc": test["aAcc"],
+                "val_miou": val[-1]["mIoU"] if val else float("nan"),
+                "iters": iters,
+                "train_s": t_iter,
+                "wall_s": wall_train,
+                "img_s": iters * batch / t_iter,
+                "rss": rss_train,
+                "test_s": wall_test,
+            }
+        )
+        per_class.append(test["IoU"])
+
+    print("| model | backbone | test mIoU | test aAcc | val mIoU | iterations | train loop time | images/s | run wall time | peak RSS | test eval time |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['backbone']} | **{100 * r['test_miou']:.2f}** | {100 * r['test_aacc']:.2f} | "
+            f"{100 * r['val_miou']:.2f} | {r['iters']} | {r['train_s'] / 60:.1f} min | {r['img_s']:.2f} | "
+            f"{r['wall_s'] / 60:.1f} min | {r['rss'] / 1024:.1f} GiB | {r['test_s'] / 60:.1f} min |"
+        )
+    print()
+    print("| class | " + " | ".join(r["model"].replace("torchvision:", "tv:") for r in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for k, name in enumerate(names):
+        vals = [100 * pc[k] if pc[k] is not None else float("nan") for pc in per_class]
+        print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+
+    _curves(runs)
+    _predictions(runs, Path(args.root))
+
+
+def _curves(runs: list[Path]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    for run in runs:
+        log = _log(run)
+        train = [r for r in log if r["type"] == "train"]
+        val = [r for r in log if r["type"] == "val"]
+        it = [r["iter"] for r in train]
+        t = np.cumsum([r["time_per_iter"] * (r["iter"] - q) for r, q in zip(train, [0, *it[:-1]])])
+        label = run.name.replace("_camvid_288x288", "")
+        ax[0].plot(it, [r["loss"] for r in train], label=label)
+        ax[1].plot(t / 60, [r["loss"] for r in train], label=label)
+        ax[2].plot([r["iter"] for r in val], [r["mIoU"] for r in val], "o", label=label)
+    ax[0].set(title="training loss", xlabel="iteration", xscale="log")
+    ax[1].set(title="training loss", xlabel="training time (min)")
+    ax[2].set(title="val mIoU (end of training)", xlabel="iteration", xscale="log")
+    for a in ax:
+        a.grid(alpha=0.3)
+    ax[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(ROOT / "docs" / "camvid_curves.png", dpi=80)
+
+
+def _predictions(runs: list[Path], root: Path, indices: tuple[int, ...] = (0, 80, 200)) -> None:
+    from PIL import Image
+    from seg_data import colorize, create_dataset
+
+    from seg_trainer.checkpoint import load_checkpoint
+    from seg_trainer.config import config_from_dict
+    from seg_trainer.evaluate import load_model
+    from seg_trainer.inference import predict_logits
+
+    raw = create_dataset("camvid", root=str(root), split="test")
+    columns = []
+    for run in runs:
+        ckpt = load_checkpoint(run / "checkpoints" / "best.pth")
+        cfg = config_from_dict(ckpt["config"])
+        cfg.data.root = str(root)
+        model = load_model(cfg, ckpt, run).eval()
+        from seg_trainer.build import build_dataset
+
+        ds = build_dataset(cfg, "test")
+        preds = []
+        with torch.no_grad():
+            for i in indices:
+                x = ds[i]["image"][None]
+                logits = predict_logits(model, x, num_classes=cfg.model.num_classes)
+                preds.append(logits.argmax(1)[0].numpy())
+        columns.append(preds)
+    tiles = []
+    for row, i in enumerate(indices):
+        s = raw[i]
+        img = s["image"].permute(1, 2, 0).numpy().clip(0, 255).astype(np.uint8)
+        gt = colorize(s["label"].numpy(), raw.palette)
+        tiles.append(np.concatenate([img, gt] + [colorize(c[row], raw.palette) for c in columns], axis=1))
+    grid = np.concatenate(tiles, axis=0)
+    im = Image.fromarray(grid)
+    im = im.resize((im.width // 2, im.height // 2), Image.Resampling.BILINEAR)
+    im.save(ROOT / "docs" / "camvid_predictions.png", optimize=True)
+    print("\ncolumns of docs/camvid_predictions.png: image | ground truth | " + " | ".join(r.name for r in runs))
+
+
+if __name__ == "__main__":
+    main()
