@@ -16,6 +16,7 @@ import statically against the declared dependencies.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -108,6 +109,12 @@ def lint(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The main job: a short training + evaluation on the built-in synthetic dataset (CPU)."""
     _install(session, ALL_LOCAL, extra=None)
+    # The demo always starts fresh: seg-train refuses an output_dir that already holds
+    # checkpoints (use --resume to continue a real run).
+    previous = ROOT / "work_dirs" / "demo" / "pspnet_r18-deep_synthetic"
+    if previous.exists():
+        session.log(f"removing the previous demo run in {previous}")
+        shutil.rmtree(previous)
     session.run(
         "seg-train",
         "--config",
