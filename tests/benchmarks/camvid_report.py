@@ -61,7 +61,7 @@ def main() -> None:
         log = _log(run)
         train = [r for r in log if r["type"] == "train"]
         val = [r for r in log if r["type"] == "val"]
-        test = json.loads((run / "eval_test_whole.json").read_text())
+        test = json.loads((run / "eval_test_whole.json").read_text())["metrics"]
         names = test["class_names"]
         wall_train, rss_train = _time_v(run / "time_train.txt")
         wall_train -= float(pauses.get(cfg, 0.0))
@@ -72,15 +72,18 @@ def main() -> None:
         c = yaml.safe_load((run / "config.yaml").read_text())
         batch = c["data"]["batch_size"]
         # training time proper: time_per_iter is the mean over each log interval
-        t_iter = sum(r["time_per_iter"] * (r["iter"] - q) for r, q in zip(train, [0] + [x["iter"] for x in train]))
+        t_iter = sum(
+            r["time_per_iter"] * (r["iter"] - q)
+            for r, q in zip(train, [0] + [x["iter"] for x in train])
+        )
         t_iter -= float(pauses.get(cfg, 0.0))  # the run was SIGSTOPped meanwhile (see results.md)
         rows.append(
             {
                 "config": cfg,
                 "model": c["model"]["name"],
                 "backbone": c["model"]["backbone"],
-                "test_miou": test["mIoU"],
-                "test_aacc": test["aAcc"],
+                "test_miou": test["miou"],
+                "test_aacc": test["aacc"],
                 "val_miou": val[-1]["mIoU"] if val else float("nan"),
                 "iters": iters,
                 "train_s": t_iter,
@@ -90,9 +93,11 @@ def main() -> None:
                 "test_s": wall_test,
             }
         )
-        per_class.append(test["IoU"])
+        per_class.append(test["per_class"]["iou"])
 
-    print("| model | backbone | test mIoU | test aAcc | val mIoU | iterations | train loop time | images/s | run wall time | peak RSS | test eval time |")
+    print(
+        "| model | backbone | test mIoU | test aAcc | val mIoU | iterations | train loop time | images/s | run wall time | peak RSS | test eval time |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
@@ -140,8 +145,8 @@ def _curves(runs: list[Path]) -> None:
 
 def _predictions(runs: list[Path], root: Path, indices: tuple[int, ...] = (0, 80, 200)) -> None:
     from PIL import Image
-    from seg_data import colorize, create_dataset
 
+    from seg_data import colorize, create_dataset
     from seg_trainer.checkpoint import load_checkpoint
     from seg_trainer.config import config_from_dict
     from seg_trainer.evaluate import load_model
@@ -169,12 +174,17 @@ def _predictions(runs: list[Path], root: Path, indices: tuple[int, ...] = (0, 80
         s = raw[i]
         img = s["image"].permute(1, 2, 0).numpy().clip(0, 255).astype(np.uint8)
         gt = colorize(s["label"].numpy(), raw.palette)
-        tiles.append(np.concatenate([img, gt] + [colorize(c[row], raw.palette) for c in columns], axis=1))
+        tiles.append(
+            np.concatenate([img, gt] + [colorize(c[row], raw.palette) for c in columns], axis=1)
+        )
     grid = np.concatenate(tiles, axis=0)
     im = Image.fromarray(grid)
     im = im.resize((im.width // 2, im.height // 2), Image.Resampling.BILINEAR)
     im.save(ROOT / "docs" / "camvid_predictions.png", optimize=True)
-    print("\ncolumns of docs/camvid_predictions.png: image | ground truth | " + " | ".join(r.name for r in runs))
+    print(
+        "\ncolumns of docs/camvid_predictions.png: image | ground truth | "
+        + " | ".join(r.name for r in runs)
+    )
 
 
 if __name__ == "__main__":
