@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "work_dirs" / "camvid"
@@ -48,9 +49,14 @@ def _log(run: Path) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("root", nargs="?", default=str(ROOT.parent / "shared" / "data" / "camvid"))
-    p.add_argument("--pauses", default="{}", help='JSON {"config": seconds paused}')
+    p.add_argument(
+        "--pauses",
+        default="{}",
+        help='JSON {"config": [seconds paused during iterations, seconds paused in all]}: runs '
+        "that were SIGSTOPped to keep other measurements clean",
+    )
     args = p.parse_args()
-    pauses = json.loads(args.pauses)
+    pauses = {k: tuple(v) for k, v in json.loads(args.pauses).items()}
     runs = [RUNS / n for n in ORDER if (RUNS / n / "eval_test_whole.json").exists()]
     if not runs:
         raise SystemExit(f"no finished runs under {RUNS}")
@@ -64,19 +70,15 @@ def main() -> None:
         test = json.loads((run / "eval_test_whole.json").read_text())["metrics"]
         names = test["class_names"]
         wall_train, rss_train = _time_v(run / "time_train.txt")
-        wall_train -= float(pauses.get(cfg, 0.0))
+        loop_pause, wall_pause = pauses.get(cfg, (0.0, 0.0))
+        wall_train -= wall_pause
         wall_test, _ = _time_v(run / "time_test.txt")
         iters = train[-1]["iter"]
-        import yaml
 
         c = yaml.safe_load((run / "config.yaml").read_text())
         batch = c["data"]["batch_size"]
         # training time proper: time_per_iter is the mean over each log interval
-        t_iter = sum(
-            r["time_per_iter"] * (r["iter"] - q)
-            for r, q in zip(train, [0] + [x["iter"] for x in train])
-        )
-        t_iter -= float(pauses.get(cfg, 0.0))  # the run was SIGSTOPped meanwhile (see results.md)
+        t_iter = float(_interval_seconds(train, loop_pause).sum())
         rows.append(
             {
                 "config": cfg,
@@ -112,11 +114,22 @@ def main() -> None:
         vals = [100 * pc[k] if pc[k] is not None else float("nan") for pc in per_class]
         print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
 
-    _curves(runs)
+    _curves(runs, {k: v[0] for k, v in pauses.items()})
     _predictions(runs, Path(args.root))
 
 
-def _curves(runs: list[Path]) -> None:
+def _interval_seconds(train: list[dict], pause: float) -> np.ndarray:
+    """Seconds spent in each log interval, with a SIGSTOP pause taken out of the slow ones."""
+    n = np.diff([0] + [r["iter"] for r in train])
+    tpi = np.array([r["time_per_iter"] for r in train])
+    secs = tpi * n
+    if pause:
+        excess = np.clip(tpi - np.median(tpi), 0, None) * n
+        secs = secs - pause * excess / excess.sum()
+    return secs
+
+
+def _curves(runs: list[Path], loop_pauses: dict[str, float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,7 +141,7 @@ def _curves(runs: list[Path]) -> None:
         train = [r for r in log if r["type"] == "train"]
         val = [r for r in log if r["type"] == "val"]
         it = [r["iter"] for r in train]
-        t = np.cumsum([r["time_per_iter"] * (r["iter"] - q) for r, q in zip(train, [0, *it[:-1]])])
+        t = np.cumsum(_interval_seconds(train, loop_pauses.get(run.name, 0.0)))
         label = run.name.replace("_camvid_288x288", "")
         ax[0].plot(it, [r["loss"] for r in train], label=label)
         ax[1].plot(t / 60, [r["loss"] for r in train], label=label)
