@@ -81,9 +81,10 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(
-            f"{str(path)!r} pickles objects other than tensors, which torch.load("
-            "weights_only=True) refuses. If you trust the file, re-save its state dict once: "
-            "torch.save(torch.load(p, weights_only=False)['state_dict'], 'clean.pth')\n"
+            f"{str(path)!r} pickles objects other than tensors, which loading with "
+            "weights_only=True refuses (PKUSeg never unpickles arbitrary objects). If you trust "
+            "the file, re-save only its tensors (the state dict) to a new .pth or "
+            ".safetensors file in a trusted environment and load that.\n"
             f"(torch said: {str(e).splitlines()[0]})"
         ) from e
     return _unwrap(obj, where=str(path))

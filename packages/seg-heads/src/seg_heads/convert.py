@@ -117,9 +117,8 @@ def load_checkpoint(src: StateDictSource) -> dict[str, Tensor]:
             raise RuntimeError(
                 f"{where}: torch.load(weights_only=True) refused an object in this file, and "
                 "seg_heads never falls back to full unpickling (it can run arbitrary code). "
-                "If you trust the file, re-save its weights alone, e.g. "
-                "`sd = torch.load(path, weights_only=False)['state_dict']; torch.save(sd, "
-                f"'clean.pth')`, and convert 'clean.pth'. Original error: {e}"
+                "If you trust the file, re-save its weights alone (the 'state_dict' tensors) "
+                f"to a new file in a trusted environment and convert that. Original error: {e}"
             ) from e
     if not isinstance(obj, Mapping):
         raise TypeError(f"{where}: expected a state dict (a mapping), got {type(obj).__name__}")
