@@ -6,6 +6,8 @@
 # Usage, from the repository root on a machine with one CUDA GPU and torch installed:
 #   bash tests/benchmarks/gpu_check.sh [OUT_DIR]
 # Every step runs even if an earlier one fails; the summary lists failures.
+# Status: prepared but not yet run as a whole on a GPU (the first session's device time
+# was spent on the separate seg-bench runs recorded in tests/benchmarks/bench_trainer.py).
 set -uo pipefail
 out=${1:-${OUT:-gpu_check_out}}
 mkdir -p "$out"
