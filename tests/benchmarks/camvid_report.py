@@ -86,7 +86,9 @@ def main() -> None:
                 "backbone": c["model"]["backbone"],
                 "test_miou": test["miou"],
                 "test_aacc": test["aacc"],
-                "val_miou": val[-1]["mIoU"] if val else float("nan"),
+                # best.pth (the checkpoint evaluated on test) is the best val mIoU
+                "val_miou": max(r["mIoU"] for r in val) if val else float("nan"),
+                "val_iter": max(val, key=lambda r: r["mIoU"])["iter"] if val else -1,
                 "iters": iters,
                 "train_s": t_iter,
                 "wall_s": wall_train,
@@ -98,13 +100,13 @@ def main() -> None:
         per_class.append(test["per_class"]["iou"])
 
     print(
-        "| model | backbone | test mIoU | test aAcc | val mIoU | iterations | train loop time | images/s | run wall time | peak RSS | test eval time |"
+        "| model | backbone | test mIoU | test aAcc | val mIoU (best, at iter) | iterations | train loop time | images/s | run wall time | peak RSS | test eval time |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['model']} | {r['backbone']} | **{100 * r['test_miou']:.2f}** | {100 * r['test_aacc']:.2f} | "
-            f"{100 * r['val_miou']:.2f} | {r['iters']} | {r['train_s'] / 60:.1f} min | {r['img_s']:.2f} | "
+            f"{100 * r['val_miou']:.2f} ({r['val_iter']}) | {r['iters']} | {r['train_s'] / 60:.1f} min | {r['img_s']:.2f} | "
             f"{r['wall_s'] / 60:.1f} min | {r['rss'] / 1024:.1f} GiB | {r['test_s'] / 60:.1f} min |"
         )
     print()
@@ -145,10 +147,10 @@ def _curves(runs: list[Path], loop_pauses: dict[str, float]) -> None:
         label = run.name.replace("_camvid_288x288", "")
         ax[0].plot(it, [r["loss"] for r in train], label=label)
         ax[1].plot(t / 60, [r["loss"] for r in train], label=label)
-        ax[2].plot([r["iter"] for r in val], [r["mIoU"] for r in val], "o", label=label)
+        ax[2].plot([r["iter"] for r in val], [100 * r["mIoU"] for r in val], "o-", label=label)
     ax[0].set(title="training loss", xlabel="iteration", xscale="log")
     ax[1].set(title="training loss", xlabel="training time (min)")
-    ax[2].set(title="val mIoU (end of training)", xlabel="iteration", xscale="log")
+    ax[2].set(title="val mIoU (%), half-way and end", xlabel="iteration", xscale="log")
     for a in ax:
         a.grid(alpha=0.3)
     ax[1].legend(fontsize=8)
