@@ -145,11 +145,13 @@ def _curves(runs: list[Path], loop_pauses: dict[str, float]) -> None:
         it = [r["iter"] for r in train]
         t = np.cumsum(_interval_seconds(train, loop_pauses.get(run.name, 0.0)))
         label = run.name.replace("_camvid_288x288", "")
-        ax[0].plot(it, [r["loss"] for r in train], label=label)
-        ax[1].plot(t / 60, [r["loss"] for r in train], label=label)
+        # the main head's loss: the total adds 0.4 x aux loss for the models with an aux head
+        loss = [r.get("loss_out", r["loss"]) for r in train]
+        ax[0].plot(it, loss, label=label)
+        ax[1].plot(t / 60, loss, label=label)
         ax[2].plot([r["iter"] for r in val], [100 * r["mIoU"] for r in val], "o-", label=label)
-    ax[0].set(title="training loss", xlabel="iteration", xscale="log")
-    ax[1].set(title="training loss", xlabel="training time (min)")
+    ax[0].set(title="training loss (main head)", xlabel="iteration", xscale="log")
+    ax[1].set(title="training loss (main head)", xlabel="training time (min)")
     ax[2].set(title="val mIoU (%), half-way and end", xlabel="iteration", xscale="log")
     for a in ax:
         a.grid(alpha=0.3)
