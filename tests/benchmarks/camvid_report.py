@@ -67,6 +67,7 @@ def main() -> None:
         log = _log(run)
         train = [r for r in log if r["type"] == "train"]
         val = [r for r in log if r["type"] == "val"]
+        best_val = max(val, key=lambda r: r["mIoU"], default=None)
         test = json.loads((run / "eval_test_whole.json").read_text())["metrics"]
         names = test["class_names"]
         wall_train, rss_train = _time_v(run / "time_train.txt")
@@ -87,8 +88,8 @@ def main() -> None:
                 "test_miou": test["miou"],
                 "test_aacc": test["aacc"],
                 # best.pth (the checkpoint evaluated on test) is the best val mIoU
-                "val_miou": max(r["mIoU"] for r in val) if val else float("nan"),
-                "val_iter": max(val, key=lambda r: r["mIoU"])["iter"] if val else -1,
+                "val_miou": best_val["mIoU"] if best_val else float("nan"),
+                "val_iter": best_val["iter"] if best_val else -1,
                 "iters": iters,
                 "train_s": t_iter,
                 "wall_s": wall_train,
