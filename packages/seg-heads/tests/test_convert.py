@@ -82,7 +82,8 @@ def test_torchvision_aspp_head_on_a_map_larger_than_its_rates(rates: tuple[int, 
     """The full-model tests run on 9x9 maps, where rates >= 9 only see the centre tap;
     here a 41x41 map checks the atrous rates and the branch order for real."""
     from seg_heads import ASPPHead
-    from seg_heads.convert import _TV_ASPP_RULES, _rename
+    from seg_heads.convert._common import rename as _rename
+    from seg_heads.convert.torchvision import _TV_ASPP_RULES
 
     torch.manual_seed(0)
     ref = tvseg.deeplabv3.DeepLabHead(32, 3, atrous_rates=rates)

@@ -80,7 +80,7 @@ def test_no_aux_gives_only_out() -> None:
 def test_heads_read_in_channels_from_feature_info(head_cls: type, tiny_backbone) -> None:
     info = tiny_backbone.feature_info
     head = head_cls(info[-1].channels, 3)
-    aux = FCNHead(info[2].channels, 3, channels=16, num_convs=1, concat_input=False)
+    aux = FCNHead(info[2].channels, 3, in_index=2, channels=16, num_convs=1, concat_input=False)
     model = SegmentationModel(tiny_backbone, head, aux, align_corners=True).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 50, 61))

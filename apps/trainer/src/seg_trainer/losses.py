@@ -134,14 +134,23 @@ class SegmentationLoss(nn.Module):
     def forward(
         self, outputs: Mapping[str, Tensor], target: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Return ``(total, {"loss_out": ..., "loss_aux": ...})`` (parts detached)."""
+        """Return ``(total, {"loss_out": ..., "loss_aux": ...})`` (parts detached).
+
+        Every output whose key starts with ``"aux"`` (the auxiliary head's ``"aux"``,
+        and the extra logits some decode heads return, e.g. OCRNet's) adds
+        ``aux_weight`` x its loss, logged as ``"loss_<key>"``; other keys (e.g.
+        Mask2Former's ``class_logits``) are not logits maps and are left alone.
+        """
         loss_out = self.single(outputs["out"], target)
         parts = {"loss_out": loss_out.detach()}
         total = loss_out
-        if self.aux_weight > 0 and outputs.get("aux") is not None:
-            loss_aux = self.single(outputs["aux"], target)
-            parts["loss_aux"] = loss_aux.detach()
-            total = total + self.aux_weight * loss_aux
+        if self.aux_weight > 0:
+            for key in sorted(k for k in outputs if k.startswith("aux")):
+                if outputs[key] is None:
+                    continue
+                loss_aux = self.single(outputs[key], target)
+                parts[f"loss_{key}"] = loss_aux.detach()
+                total = total + self.aux_weight * loss_aux
         return total, parts
 
 

@@ -11,7 +11,8 @@ from . import aspp as _aspp  # noqa: F401  (each head file registers its model)
 from . import denseaspp as _denseaspp  # noqa: F401
 from . import fcn as _fcn  # noqa: F401
 from . import psp as _psp  # noqa: F401
-from ._registry import list_models, register_model
+from ._layers import check_in_index
+from ._registry import list_models, register_head
 from .aspp import ASPPHead
 from .denseaspp import DenseASPPHead
 from .fcn import FCNHead
@@ -26,7 +27,8 @@ __all__ = [
     "FCNHead",
     "PSPHead",
     "SegmentationModel",
+    "check_in_index",
     "create_model",
     "list_models",
-    "register_model",
+    "register_head",
 ]

@@ -1,4 +1,5 @@
-"""Small blocks shared by the heads: a conv-norm-ReLU unit and the norm-layer option.
+"""Small blocks shared by the heads: a conv-norm-ReLU unit, the norm-layer option, and the
+level selection of the multi-level contract (``check_in_index`` / ``pick``).
 
 ``ConvBNReLU`` names its children ``conv`` and ``bn`` like mmcv's ``ConvModule``
 with a BatchNorm ``norm_cfg``, so mmsegmentation head weights load by name.
@@ -6,11 +7,17 @@ with a BatchNorm ``norm_cfg``, so mmsegmentation head weights load by name.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from torch import Tensor, nn
 
 from seg_backbones.norm import NormLayer, get_norm_layer
 
-__all__ = ["ConvBNReLU", "NormLayer", "resolve_norm"]
+__all__ = ["ConvBNReLU", "InIndex", "NormLayer", "check_in_index", "pick", "resolve_norm"]
+
+InIndex = int | tuple[int, ...]
+"""The level(s) a head reads: one backbone output index, or a tuple of them."""
 
 # The norm-layer option means the same for heads as for backbones ("bn" | "syncbn" | "gn" |
 # "frozen_bn" | callable): one resolver, seg_backbones'.
@@ -65,3 +72,33 @@ def init_mmseg_(head: nn.Module, classifier: nn.Conv2d) -> None:
     nn.init.normal_(classifier.weight, std=0.01)
     if classifier.bias is not None:
         nn.init.zeros_(classifier.bias)
+
+
+def check_in_index(
+    feature_info: Sequence[Any], in_index: int | Sequence[int], *, head: str
+) -> InIndex:
+    """Validate ``in_index`` against ``feature_info`` and return it non-negative.
+
+    An int selects one level (negative counts from the end, as a list index), a
+    sequence several (returned as a tuple). Out-of-range indices raise a
+    ``ValueError`` naming ``head``, the valid range and the backbone's levels.
+    """
+    n = len(feature_info)
+    many = not isinstance(in_index, int)
+    indices = list(in_index) if many else [in_index]  # type: ignore[arg-type]
+    bad = [i for i in indices if not isinstance(i, int) or not -n <= i < n]
+    if bad or not indices:
+        levels = ", ".join(f"{i}: {tuple(f)}" for i, f in enumerate(feature_info))
+        raise ValueError(
+            f"{head}: in_index={in_index!r} does not name backbone levels; valid indices are "
+            f"0..{n - 1} (or -{n}..-1), the backbone's levels (channels, stride) are {{{levels}}}"
+        )
+    fixed = tuple(i % n for i in indices)
+    return fixed if many else fixed[0]
+
+
+def pick(features: Sequence[Tensor] | Tensor, in_index: int) -> Tensor:
+    """``features[in_index]``; a lone tensor is taken as the level itself (direct head calls)."""
+    if isinstance(features, Tensor):
+        return features
+    return features[in_index]

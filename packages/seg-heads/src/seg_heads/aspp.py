@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import ConvBNReLU, NormLayer, init_mmseg_, resolve_norm
-from ._registry import register_model
+from seg_backbones import FeatureInfo
+
+from ._layers import ConvBNReLU, NormLayer, check_in_index, init_mmseg_, pick, resolve_norm
+from ._registry import register_head
 
 __all__ = ["ASPPHead", "default_aspp_rates"]
 
@@ -55,6 +57,8 @@ class ASPPHead(nn.Module):
     Args:
         in_channels: channels of the input feature map (from ``backbone.feature_info``).
         num_classes: number of output logits per pixel.
+        in_index: the backbone output the head reads (-1: the last); ``forward`` takes the
+            backbone's feature list (or that one map as a tensor).
         variant: ``"mmseg"`` or ``"torchvision"`` (see the module docstring).
         rates: dilations of the three 3x3 branches; (12, 24, 36) is right for output stride 8.
         channels: branch and bottleneck width; default 512 (mmseg) or 256 (torchvision).
@@ -71,6 +75,7 @@ class ASPPHead(nn.Module):
         in_channels: int,
         num_classes: int,
         *,
+        in_index: int = -1,
         variant: str = "mmseg",
         rates: Sequence[int] = (12, 24, 36),
         channels: int | None = None,
@@ -92,6 +97,7 @@ class ASPPHead(nn.Module):
         self.in_channels = in_channels
         self.channels = channels
         self.num_classes = num_classes
+        self.in_index = in_index
         self.rates = tuple(int(r) for r in rates)
         self.align_corners = align_corners
         self.image_pool = nn.Sequential(
@@ -119,7 +125,8 @@ class ASPPHead(nn.Module):
         if not tv:  # torchvision keeps PyTorch's default initialisation
             init_mmseg_(self, self.conv_seg)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, features: Sequence[Tensor] | Tensor) -> Tensor:
+        x = pick(features, self.in_index)
         pooled = F.interpolate(
             self.image_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners
         )
@@ -132,9 +139,9 @@ class ASPPHead(nn.Module):
         return self.conv_seg(self.dropout(out))
 
 
-@register_model("deeplabv3")
+@register_head("deeplabv3")
 def _deeplabv3(
-    in_channels: int,
+    feature_info: Sequence[FeatureInfo],
     num_classes: int,
     *,
     output_stride: int,
@@ -148,4 +155,10 @@ def _deeplabv3(
     if "rates" not in head_kwargs:
         head_kwargs["rates"] = default_aspp_rates(output_stride)
     head_kwargs.setdefault("align_corners", align_corners)
-    return ASPPHead(in_channels, num_classes, **head_kwargs)  # type: ignore[arg-type]
+    in_index = check_in_index(feature_info, head_kwargs.pop("in_index", -1), head="deeplabv3")
+    return ASPPHead(
+        feature_info[in_index][0],  # type: ignore[index]
+        num_classes,
+        in_index=in_index,  # type: ignore[arg-type]
+        **head_kwargs,  # type: ignore[arg-type]
+    )

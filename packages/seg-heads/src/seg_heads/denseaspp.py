@@ -33,8 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import NormLayer, resolve_norm
-from ._registry import register_model
+from seg_backbones import FeatureInfo
+
+from ._layers import NormLayer, check_in_index, pick, resolve_norm
+from ._registry import register_head
 
 __all__ = ["DenseASPPBlock", "DenseASPPHead"]
 
@@ -74,6 +76,8 @@ class DenseASPPHead(nn.Module):
     Args:
         in_channels: channels ``C`` of the input feature map (from ``backbone.feature_info``).
         num_classes: number of output logits per pixel.
+        in_index: the backbone output the head reads (-1: the last); ``forward`` takes the
+            backbone's feature list (or that one map as a tensor).
         rates: dilation of each block (3, 6, 12, 18, 24).
         mid_channels: width of each block's 1x1 conv (``d_feature0`` = 512).
         growth: channels each block adds (``d_feature1`` = 128).
@@ -89,6 +93,7 @@ class DenseASPPHead(nn.Module):
         in_channels: int,
         num_classes: int,
         *,
+        in_index: int = -1,
         rates: Sequence[int] = (3, 6, 12, 18, 24),
         mid_channels: int = 512,
         growth: int = 128,
@@ -107,6 +112,7 @@ class DenseASPPHead(nn.Module):
         )
         self.in_channels = in_channels
         self.num_classes = num_classes
+        self.in_index = in_index
         self.rates = tuple(int(r) for r in rates)
         self.blocks = nn.ModuleList(
             DenseASPPBlock(
@@ -132,16 +138,17 @@ class DenseASPPHead(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, features: Sequence[Tensor] | Tensor) -> Tensor:
+        x = pick(features, self.in_index)
         feature = F.relu(x)  # the official first block's in-place ReLU (see module docstring)
         for block in self.blocks:
             feature = torch.cat([block(feature), feature], dim=1)
         return self.conv_seg(self.dropout(feature))
 
 
-@register_model("denseaspp")
+@register_head("denseaspp")
 def _denseaspp(
-    in_channels: int,
+    feature_info: Sequence[FeatureInfo],
     num_classes: int,
     *,
     output_stride: int,
@@ -150,4 +157,10 @@ def _denseaspp(
 ) -> nn.Module:
     """DenseASPP (official rates 3/6/12/18/24, 512 -> 128 per block) on the last feature map."""
     del output_stride, align_corners  # see the module docstring on output stride
-    return DenseASPPHead(in_channels, num_classes, **head_kwargs)  # type: ignore[arg-type]
+    in_index = check_in_index(feature_info, head_kwargs.pop("in_index", -1), head="denseaspp")
+    return DenseASPPHead(
+        feature_info[in_index][0],  # type: ignore[index]
+        num_classes,
+        in_index=in_index,  # type: ignore[arg-type]
+        **head_kwargs,  # type: ignore[arg-type]
+    )

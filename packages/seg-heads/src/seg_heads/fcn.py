@@ -17,11 +17,15 @@ The head maps one feature map to logits at that map's resolution; nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
-from ._layers import ConvBNReLU, NormLayer, init_mmseg_, resolve_norm
-from ._registry import register_model
+from seg_backbones import FeatureInfo
+
+from ._layers import ConvBNReLU, NormLayer, check_in_index, init_mmseg_, pick, resolve_norm
+from ._registry import register_head
 
 __all__ = ["FCNHead"]
 
@@ -34,6 +38,8 @@ class FCNHead(nn.Module):
     Args:
         in_channels: channels of the input feature map (from ``backbone.feature_info``).
         num_classes: number of output logits per pixel.
+        in_index: the backbone output the head reads (-1: the last); ``forward`` takes the
+            backbone's feature list (or that one map as a tensor).
         variant: ``"mmseg"`` (defaults below, ``Dropout2d``) or ``"torchvision"``
             (``channels = in_channels // 4``, one conv, no concat, element-wise ``Dropout``).
         channels: width of the convs; default 512 (mmseg) or ``in_channels // 4`` (torchvision).
@@ -51,6 +57,7 @@ class FCNHead(nn.Module):
         in_channels: int,
         num_classes: int,
         *,
+        in_index: int = -1,
         variant: str = "mmseg",
         channels: int | None = None,
         num_convs: int | None = None,
@@ -77,6 +84,7 @@ class FCNHead(nn.Module):
         self.in_channels = in_channels
         self.channels = channels
         self.num_classes = num_classes
+        self.in_index = in_index
         self.concat_input = concat_input
         convs = [
             ConvBNReLU(
@@ -102,16 +110,17 @@ class FCNHead(nn.Module):
         if not tv:  # torchvision keeps PyTorch's default initialisation
             init_mmseg_(self, self.conv_seg)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, features: Sequence[Tensor] | Tensor) -> Tensor:
+        x = pick(features, self.in_index)
         out = self.convs(x)
         if self.conv_cat is not None:
             out = self.conv_cat(torch.cat([x, out], dim=1))
         return self.conv_seg(self.dropout(out))
 
 
-@register_model("fcn")
+@register_head("fcn")
 def _fcn(
-    in_channels: int,
+    feature_info: Sequence[FeatureInfo],
     num_classes: int,
     *,
     output_stride: int,
@@ -120,4 +129,10 @@ def _fcn(
 ) -> nn.Module:
     """FCN (mmseg ``fcn_r50-d8``: 2 convs of 512, concat input; torchvision with ``variant``)."""
     del output_stride, align_corners  # the FCN head has no resolution-dependent part
-    return FCNHead(in_channels, num_classes, **head_kwargs)  # type: ignore[arg-type]
+    in_index = check_in_index(feature_info, head_kwargs.pop("in_index", -1), head="fcn")
+    return FCNHead(
+        feature_info[in_index][0],  # type: ignore[index]
+        num_classes,
+        in_index=in_index,  # type: ignore[arg-type]
+        **head_kwargs,  # type: ignore[arg-type]
+    )

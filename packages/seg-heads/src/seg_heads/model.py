@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from seg_backbones import create_backbone, load_pretrained
 
+from ._layers import check_in_index
 from ._registry import get_head_builder
 from .fcn import FCNHead
 
@@ -52,14 +53,18 @@ class SegmentationModel(nn.Module):
 
     Args:
         backbone: returns a list of feature maps and publishes ``.feature_info``.
-        decode_head: maps ``features[decode_index]`` (default the last) to logits.
-        aux_head: optional, maps ``features[aux_index]`` (default 2: ResNet layer3) to logits.
+        decode_head: takes the backbone's whole feature list and reads the levels it
+            declares (its ``in_index``); returns logits, or a dict with ``"out"`` and
+            extra outputs (see below).
+        aux_head: optional, takes the same feature list (an :class:`FCNHead` reads its
+            ``in_index``, 2 by default: ResNet layer3) and returns logits.
         align_corners: ``align_corners`` of the final bilinear resize to the input size.
-        decode_index: which backbone output feeds the decode head (-1).
-        aux_index: which backbone output feeds the auxiliary head (2).
 
     ``forward(x)`` returns ``{"out": N x K x H x W}`` plus ``"aux"`` (same size) when
-    there is an auxiliary head, in training and in eval mode alike.
+    there is an auxiliary head, in training and in eval mode alike. A decode head that
+    returns a dict adds its own outputs: keys starting with ``"aux"`` (e.g. OCRNet's
+    soft-region logits) are resized to the input like ``"out"``, any other key (e.g.
+    Mask2Former's ``class_logits``) is passed through as the head returned it.
     """
 
     build_config: dict[str, Any] | None
@@ -71,27 +76,28 @@ class SegmentationModel(nn.Module):
         decode_head: nn.Module,
         aux_head: nn.Module | None = None,
         align_corners: bool = False,
-        *,
-        decode_index: int = -1,
-        aux_index: int = 2,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.decode_head = decode_head
         self.aux_head = aux_head
         self.align_corners = align_corners
-        self.decode_index = decode_index
-        self.aux_index = aux_index
         self.build_config = None
         self.input_norm = None
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = x.shape[-2:]
         feats = self.backbone(x)
-        out = {"out": self._resize(self.decode_head(feats[self.decode_index]), size)}
+        head_out = self.decode_head(feats)
+        outputs = {"out": head_out} if isinstance(head_out, Tensor) else dict(head_out)
         if self.aux_head is not None:
-            out["aux"] = self._resize(self.aux_head(feats[self.aux_index]), size)
-        return out
+            if "aux" in outputs:
+                raise RuntimeError("the decode head returned 'aux' and the model has an aux_head")
+            outputs["aux"] = self.aux_head(feats)
+        return {
+            k: self._resize(v, size) if k == "out" or k.startswith("aux") else v
+            for k, v in outputs.items()
+        }
 
     def _resize(self, logits: Tensor, size: Any) -> Tensor:
         if logits.shape[-2:] == size:
@@ -115,18 +121,20 @@ def create_model(
     """Build a registered segmentation model (see :func:`seg_heads.list_models`).
 
     Args:
-        name: ``"pspnet" | "deeplabv3" | "denseaspp" | "fcn"`` (unknown names list the valid ones).
+        name: a :func:`seg_heads.list_models` name (unknown names list the valid ones).
         backbone: any :func:`seg_backbones.create_backbone` name, e.g. ``"resnet101_deep"``.
         num_classes: logits per pixel.
         output_stride: 8 | 16 | 32, passed to the backbone (and to the ASPP rates).
-        aux: add an :class:`FCNHead` on ``feature_info[2]`` (layer3); output ``"aux"``.
+        aux: add an :class:`FCNHead` auxiliary head (on backbone output
+            ``aux_kwargs["in_index"]``, default 2: ResNet layer3); output ``"aux"``.
         align_corners: of every bilinear resize in the heads and to the input size.
         pretrained_backbone: local path of backbone weights, loaded with
             ``seg_backbones.load_pretrained(..., source="auto")`` (strict).
         backbone_kwargs: other :func:`seg_backbones.create_backbone` options, e.g.
             ``{"contract_dilation": False, "multi_grid": (1, 2, 4)}``.
         head_kwargs: options of the decode head class, e.g. ``{"variant": "torchvision"}``
-            for DeepLabV3; the ASPP ``rates`` default to 12/24/36 at output stride 8 and
+            for DeepLabV3, and ``in_index`` (the backbone level(s) the head reads; each
+            head has its paper's default, -1 for single-level heads); the ASPP ``rates`` default to 12/24/36 at output stride 8 and
             6/12/18 at 16.
         aux_kwargs: :class:`FCNHead` options of the auxiliary head. ``variant`` defaults
             to the decode head's (``"mmseg"`` unless ``head_kwargs["variant"]`` says
@@ -160,26 +168,29 @@ def create_model(
             "pass output_stride to create_model, not in backbone_kwargs "
             f"(got backbone_kwargs={build_config['backbone_kwargs']})"
         )
-    bb = create_backbone(backbone, output_stride=output_stride, **dict(backbone_kwargs or {}))
+    where = f"create_model({name!r}, backbone={backbone!r})"
+    try:
+        bb = create_backbone(backbone, output_stride=output_stride, **dict(backbone_kwargs or {}))
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
     if pretrained_backbone is not None:
         load_pretrained(bb, pretrained_backbone, source="auto")
     info = list(bb.feature_info)
-    if len(info) < 3 and aux:
-        raise ValueError(
-            f"aux=True needs a backbone with at least 3 outputs (the aux head reads output 2), "
-            f"{backbone!r} has feature_info={info}"
+    try:
+        decode_head = head_builder(
+            info,
+            num_classes,
+            output_stride=output_stride,
+            align_corners=align_corners,
+            **dict(head_kwargs or {}),
         )
-
-    decode_head = head_builder(
-        int(info[-1][0]),
-        num_classes,
-        output_stride=output_stride,
-        align_corners=align_corners,
-        **dict(head_kwargs or {}),
-    )
-    aux_head = None
-    if aux:
-        aux_head = FCNHead(int(info[2][0]), num_classes, **_aux_options(head_kwargs, aux_kwargs))
+        aux_head = None
+        if aux:
+            opts = _aux_options(head_kwargs, aux_kwargs)
+            in_index = check_in_index(info, opts.pop("in_index", 2), head="aux head")
+            aux_head = FCNHead(info[in_index][0], num_classes, in_index=in_index, **opts)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
 
     model = SegmentationModel(bb, decode_head, aux_head, align_corners=align_corners)
     model.build_config = build_config

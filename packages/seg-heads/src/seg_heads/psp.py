@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import ConvBNReLU, NormLayer, init_mmseg_, resolve_norm
-from ._registry import register_model
+from seg_backbones import FeatureInfo
+
+from ._layers import ConvBNReLU, NormLayer, check_in_index, init_mmseg_, pick, resolve_norm
+from ._registry import register_head
 
 __all__ = ["PSPHead"]
 
@@ -30,6 +32,8 @@ class PSPHead(nn.Module):
     Args:
         in_channels: channels of the input feature map (from ``backbone.feature_info``).
         num_classes: number of output logits per pixel.
+        in_index: the backbone output the head reads (-1: the last); ``forward`` takes the
+            backbone's feature list (or that one map as a tensor).
         channels: width of each pooling branch and of the bottleneck (512).
         pool_scales: output sizes of the adaptive average pools (1, 2, 3, 6).
         dropout: ``Dropout2d`` probability before the classifier (0.1); 0 disables it.
@@ -43,6 +47,7 @@ class PSPHead(nn.Module):
         in_channels: int,
         num_classes: int,
         *,
+        in_index: int = -1,
         channels: int = 512,
         pool_scales: Sequence[int] = (1, 2, 3, 6),
         dropout: float = 0.1,
@@ -56,6 +61,7 @@ class PSPHead(nn.Module):
         self.in_channels = in_channels
         self.channels = channels
         self.num_classes = num_classes
+        self.in_index = in_index
         self.pool_scales = tuple(int(s) for s in pool_scales)
         self.align_corners = align_corners
         self.psp_modules = nn.ModuleList(
@@ -72,7 +78,8 @@ class PSPHead(nn.Module):
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
         init_mmseg_(self, self.conv_seg)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, features: Sequence[Tensor] | Tensor) -> Tensor:
+        x = pick(features, self.in_index)
         size = x.shape[-2:]
         outs = [x]
         for branch in self.psp_modules:
@@ -85,9 +92,9 @@ class PSPHead(nn.Module):
         return self.conv_seg(self.dropout(out))
 
 
-@register_model("pspnet")
+@register_head("pspnet")
 def _pspnet(
-    in_channels: int,
+    feature_info: Sequence[FeatureInfo],
     num_classes: int,
     *,
     output_stride: int,
@@ -97,4 +104,10 @@ def _pspnet(
     """PSPNet (mmseg ``pspnet_r50-d8`` / torchcv): bins (1, 2, 3, 6), 512 channels."""
     del output_stride  # bins are relative to the feature map, not the stride
     head_kwargs.setdefault("align_corners", align_corners)
-    return PSPHead(in_channels, num_classes, **head_kwargs)  # type: ignore[arg-type]
+    in_index = check_in_index(feature_info, head_kwargs.pop("in_index", -1), head="pspnet")
+    return PSPHead(
+        feature_info[in_index][0],  # type: ignore[index]
+        num_classes,
+        in_index=in_index,  # type: ignore[arg-type]
+        **head_kwargs,  # type: ignore[arg-type]
+    )
