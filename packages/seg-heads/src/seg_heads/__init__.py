@@ -10,7 +10,12 @@ out = model(x)   # {"out": N x 19 x H x W, "aux": N x 19 x H x W}
 from . import aspp as _aspp  # noqa: F401  (each head file registers its model)
 from . import denseaspp as _denseaspp  # noqa: F401
 from . import fcn as _fcn  # noqa: F401
+from . import fpn as _fpn  # noqa: F401
+from . import ocr as _ocr  # noqa: F401
 from . import psp as _psp  # noqa: F401
+from . import segformer as _segformer  # noqa: F401
+from . import sep_aspp as _sep_aspp  # noqa: F401
+from . import uper as _uper  # noqa: F401
 from ._layers import check_in_index
 from ._registry import list_models, register_head
 from .aspp import ASPPHead

@@ -23,6 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..model import SegmentationModel
+from . import _hrnet as _hrnet
+from . import _segformer as _segformer
+from . import _upernet_hf as _upernet_hf
 from ._common import StateDictSource, load_checkpoint
 from .hf import HF_ARCHS, from_hf, register_hf_arch
 from .mmseg import MMSEG_ARCHS, MMSegArch, from_mmseg, register_mmseg_arch
