@@ -260,19 +260,23 @@ def load_pretrained(
     layout (torchvision, timm, mmseg, csail); keys are mapped with
     :func:`convert_state_dict`. Classifier weights (``fc.*``) are ignored by name; any
     other missing, unexpected or mis-shaped key raises :class:`IncompatibleWeightsError`
-    naming the keys (and both shapes).
+    naming the keys (and both shapes). A backbone with a ``load_pretrained_state_dict(sd,
+    *, source)`` method (timm, MiT, HRNet, ...) converts and loads its own layouts; its
+    valid ``source`` values are its own.
     """
-    from .timm_wrapper import TimmBackbone
-
-    if source not in SOURCES:
+    # Families other than ResNet convert their own layouts, next to the model (as timm's
+    # checkpoint_filter_fn): the backbone's ``load_pretrained_state_dict(sd, source=...)``.
+    family_loader = getattr(model, "load_pretrained_state_dict", None)
+    if family_loader is None and source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; valid sources are {list(SOURCES)}")
     where = str(weights) if isinstance(weights, str | os.PathLike) else "state dict"
     sd = read_state_dict(weights) if isinstance(weights, str | os.PathLike) else dict(weights)
     sd = _unwrap(sd, where=where)
-    if isinstance(model, TimmBackbone):
-        if source not in ("auto", "timm"):
-            raise ValueError(f"a timm backbone loads timm weights; got source={source!r}")
-        model.load_timm_state_dict(sd)
+    if family_loader is not None:
+        try:
+            family_loader(sd, source=source)
+        except IncompatibleWeightsError as e:
+            raise IncompatibleWeightsError(f"{where}: {e}") from None
         return model
     try:
         sd = convert_state_dict(sd, source=source, model=model)

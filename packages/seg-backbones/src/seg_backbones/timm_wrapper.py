@@ -54,6 +54,14 @@ class TimmBackbone(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         return list(self.model(x))[-NUM_OUTPUTS:]
 
+    def load_pretrained_state_dict(
+        self, state_dict: Mapping[str, Tensor], *, source: str = "auto"
+    ) -> None:
+        """:func:`seg_backbones.load_pretrained`'s hook: timm-layout weights only."""
+        if source not in ("auto", "timm"):
+            raise ValueError(f"a timm backbone loads timm weights; got source={source!r}")
+        self.load_timm_state_dict(state_dict)
+
     def load_timm_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
         """Load a state dict of the full timm model (as ``timm.create_model(name)`` saves it).
 
