@@ -72,7 +72,7 @@ class ModelConfig:
     name: str = _req()  # "pspnet" | "deeplabv3" | "denseaspp" | "fcn" (seg_heads.list_models())
     backbone: str = _req()  # e.g. "resnet101_deep" (seg_backbones.list_backbones())
     num_classes: int = _req()
-    output_stride: int = 8
+    output_stride: int | None = None  # None: the model's default (8 dilated heads, 32 multi-level)
     aux: bool = True
     align_corners: bool = False
     pretrained_backbone: str | None = None  # local path to backbone weights (never downloaded)
@@ -217,7 +217,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.name": ("ce", "ohem"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "evaluation.mode": ("whole", "slide", "multiscale"),
-    "model.output_stride": (8, 16, 32),
+    "model.output_stride": (None, 8, 16, 32),
 }
 
 

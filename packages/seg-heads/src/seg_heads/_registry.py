@@ -24,23 +24,36 @@ from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["get_head_builder", "list_models", "register_head"]
+__all__ = ["default_output_stride", "get_head_builder", "list_models", "register_head"]
 
 HeadBuilder = Callable[..., nn.Module]
 
 _HEADS: dict[str, HeadBuilder] = {}
+_OUTPUT_STRIDES: dict[str, int] = {}
 
 
-def register_head(name: str) -> Callable[[HeadBuilder], HeadBuilder]:
-    """Register a decode-head builder under the model name ``name``; a duplicate is an error."""
+def register_head(name: str, *, output_stride: int = 8) -> Callable[[HeadBuilder], HeadBuilder]:
+    """Register a decode-head builder under the model name ``name``; a duplicate is an error.
+
+    ``output_stride`` is the model's default backbone output stride, used when
+    ``create_model`` is not given one: 8 for the dilated-context heads (PSPNet,
+    DeepLabV3, ...), 32 for the multi-level decoders (UPerNet, FPN, SegFormer, ...).
+    """
 
     def decorator(fn: HeadBuilder) -> HeadBuilder:
         if name in _HEADS:
             raise ValueError(f"model {name!r} is already registered ({_HEADS[name]!r})")
         _HEADS[name] = fn
+        _OUTPUT_STRIDES[name] = output_stride
         return fn
 
     return decorator
+
+
+def default_output_stride(name: str) -> int:
+    """The output stride ``create_model(name, ...)`` uses when none is given."""
+    get_head_builder(name)
+    return _OUTPUT_STRIDES[name]
 
 
 def list_models() -> list[str]:

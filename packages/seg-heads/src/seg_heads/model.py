@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from seg_backbones import create_backbone, load_pretrained
 
 from ._layers import check_in_index
-from ._registry import get_head_builder
+from ._registry import default_output_stride, get_head_builder
 from .fcn import FCNHead
 
 __all__ = ["CAFFE_BGR", "IMAGENET_RGB", "SegmentationModel", "create_model"]
@@ -110,7 +110,7 @@ def create_model(
     *,
     backbone: str,
     num_classes: int,
-    output_stride: int = 8,
+    output_stride: int | None = None,
     aux: bool = False,
     align_corners: bool = False,
     pretrained_backbone: str | None = None,
@@ -124,7 +124,9 @@ def create_model(
         name: a :func:`seg_heads.list_models` name (unknown names list the valid ones).
         backbone: any :func:`seg_backbones.create_backbone` name, e.g. ``"resnet101_deep"``.
         num_classes: logits per pixel.
-        output_stride: 8 | 16 | 32, passed to the backbone (and to the ASPP rates).
+        output_stride: 8 | 16 | 32, passed to the backbone (and to the ASPP rates); ``None``
+            is the model's default (8 for PSPNet, DeepLabV3, DeepLabV3+, DenseASPP and FCN,
+            32 for the multi-level decoders), recorded in ``build_config``.
         aux: add an :class:`FCNHead` auxiliary head (on backbone output
             ``aux_kwargs["in_index"]``, default 2: ResNet layer3); output ``"aux"``.
         align_corners: of every bilinear resize in the heads and to the input size.
@@ -148,6 +150,8 @@ def create_model(
         included) and ``input_norm`` (``None``: set by whoever knows the weights' origin).
     """
     head_builder = get_head_builder(name)
+    if output_stride is None:
+        output_stride = default_output_stride(name)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     build_config: dict[str, Any] = {
