@@ -10,6 +10,7 @@ bb.feature_info        # [FeatureInfo(256, 4), (512, 8), (1024, 8), (2048, 8)]
 
 from . import hrnet as _hrnet  # noqa: F401  (each family file registers its variants)
 from . import mit as _mit  # noqa: F401
+from . import mobilenetv3 as _mobilenetv3  # noqa: F401
 from . import resnet as _resnet  # noqa: F401
 from ._features import FeatureInfo
 from ._registry import create_backbone, list_backbones, register_backbone

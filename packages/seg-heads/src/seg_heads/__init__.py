@@ -11,6 +11,7 @@ from . import aspp as _aspp  # noqa: F401  (each head file registers its model)
 from . import denseaspp as _denseaspp  # noqa: F401
 from . import fcn as _fcn  # noqa: F401
 from . import fpn as _fpn  # noqa: F401
+from . import lraspp as _lraspp  # noqa: F401
 from . import ocr as _ocr  # noqa: F401
 from . import psp as _psp  # noqa: F401
 from . import segformer as _segformer  # noqa: F401

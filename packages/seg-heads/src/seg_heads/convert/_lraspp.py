@@ -1,0 +1,1 @@
+"""(work in progress: filled in by the family's author)."""
