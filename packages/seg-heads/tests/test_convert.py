@@ -371,7 +371,7 @@ def test_from_mmseg_fails_loudly_on_missing_and_extra_keys(mmseg_r50) -> None:
     with pytest.raises(KeyError, match="neck"):
         from_mmseg(stranger, arch="pspnet_r50-d8")
     with pytest.raises(KeyError, match="valid archs"):
-        from_mmseg(sd, arch="upernet_r50")
+        from_mmseg(sd, arch="ccnet_r50-d8")
     with pytest.raises((RuntimeError, KeyError)):  # PSP weights are not DeepLabV3 weights
         from_mmseg(sd, arch="deeplabv3_r50-d8")
 

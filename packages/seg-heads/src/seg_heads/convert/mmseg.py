@@ -122,20 +122,65 @@ def _aspp_options(sd: Mapping[str, Tensor], where: str) -> dict[str, Any]:
     return {"channels": int(require(sd, "decode_head.bottleneck.conv.weight", where).shape[0])}
 
 
+def _count(sd: Mapping[str, Tensor], pattern: str) -> int:
+    return sum(1 for k in sd if re.fullmatch(pattern, k))
+
+
+def _sep_aspp_options(sd: Mapping[str, Tensor], where: str) -> dict[str, Any]:
+    """DeepLabV3+ widths; the rates follow the output stride (mmseg d8: 12/24/36)."""
+    n_sep = _count(sd, r"decode_head\.aspp_modules\.\d+\.depthwise_conv\.conv\.weight")
+    if n_sep != 3:
+        raise ValueError(
+            f"{where}: {n_sep} separable atrous branches in decode_head.aspp_modules; "
+            "mmseg's DeepLabV3+ configs use dilations (1, 12, 24, 36): three"
+        )
+    return {
+        "channels": int(require(sd, "decode_head.bottleneck.conv.weight", where).shape[0]),
+        "c1_channels": int(require(sd, "decode_head.c1_bottleneck.conv.weight", where).shape[0]),
+    }
+
+
+def _uper_options(sd: Mapping[str, Tensor], where: str) -> dict[str, Any]:
+    width = require(sd, "decode_head.fpn_bottleneck.conv.weight", where)
+    n_bins = _count(sd, r"decode_head\.psp_modules\.\d+\.1\.conv\.weight")
+    if n_bins != 4:
+        raise ValueError(
+            f"{where}: {n_bins} pyramid-pooling branches in decode_head.psp_modules; "
+            "mmseg's UPerNet configs use pool_scales (1, 2, 3, 6)"
+        )
+    return {"channels": int(width.shape[0])}
+
+
+def _fpn_options(sd: Mapping[str, Tensor], where: str) -> dict[str, Any]:
+    return {
+        "channels": int(require(sd, "decode_head.scale_heads.0.0.conv.weight", where).shape[0]),
+        "neck_channels": int(require(sd, "neck.lateral_convs.0.conv.weight", where).shape[0]),
+    }
+
+
 HeadOptions = Callable[[Mapping[str, Tensor], str], dict[str, Any]]
 """``(state dict, where) -> head_kwargs`` read from the weights."""
 
 
-def resnet_d8(
-    model: str, backbone: str, head_options: HeadOptions
+def resnet_mmseg(
+    model: str,
+    backbone: str,
+    head_options: HeadOptions,
+    *,
+    output_stride: int = 8,
+    neck: bool = False,
 ) -> Callable[..., SegmentationModel]:
-    """The converter of an mmseg model on ``ResNetV1c`` at output stride 8 (mmseg's D8).
+    """The converter of an mmseg model on ``ResNetV1c`` (``backbone``: ``resnet{50,101}_v1c``).
 
-    D8: strides (1, 2, 1, 1), dilations (1, 1, 2, 4), ``contract_dilation=True`` -- our
-    ``resnet{50,101}_v1c`` at ``output_stride=8``. ``num_classes`` comes from
-    ``decode_head.conv_seg.weight``, the head widths from ``head_options``, and the
-    auxiliary head (mmseg ``FCNHead`` on layer3) from the ``auxiliary_head.*`` weights.
+    ``output_stride=8`` is mmseg's D8 (strides (1, 2, 1, 1), dilations (1, 1, 2, 4),
+    ``contract_dilation=True``); 32 its undilated multi-level configs (strides (1, 2, 2, 2),
+    UPerNet, Semantic FPN). ``num_classes`` comes from ``decode_head.conv_seg.weight``, the
+    head widths from ``head_options``, and the auxiliary head (mmseg ``FCNHead`` on layer3),
+    when there is one, from the ``auxiliary_head.*`` weights. ``neck=True``: the checkpoint
+    has an mmseg ``neck.*`` (Semantic FPN), which our head holds as ``decode_head.neck.*``.
     """
+    prefixes = ("decode_head", "auxiliary_head", *(("neck",) if neck else ()))
+    rules = _MMSEG_RULES + ([(r"neck\.(.+)", r"decode_head.neck.\1")] if neck else [])
 
     def convert(sd: dict[str, Tensor], *, where: str, align_corners: bool) -> SegmentationModel:
         num_classes = int(require(sd, "decode_head.conv_seg.weight", where).shape[0])
@@ -144,7 +189,7 @@ def resnet_d8(
             "name": model,
             "backbone": backbone,
             "num_classes": num_classes,
-            "output_stride": 8,
+            "output_stride": output_stride,
             "aux": aux,
             "align_corners": align_corners,
             "pretrained_backbone": None,
@@ -157,12 +202,19 @@ def resnet_d8(
             where=where,
             build=build,
             backbone_source="mmseg",
-            head_prefixes=("decode_head", "auxiliary_head"),
-            rules=_MMSEG_RULES,
+            head_prefixes=prefixes,
+            rules=rules,
             input_norm=IMAGENET_RGB,
         )
 
     return convert
+
+
+def resnet_d8(
+    model: str, backbone: str, head_options: HeadOptions
+) -> Callable[..., SegmentationModel]:
+    """:func:`resnet_mmseg` at output stride 8 (mmseg's ``-d8`` configs)."""
+    return resnet_mmseg(model, backbone, head_options, output_stride=8)
 
 
 _CS = "4xb2-40k_cityscapes-512x1024.py"
@@ -188,5 +240,29 @@ for _depth in (50, 101):
                 "fcn", f"resnet{_depth}_v1c", lambda sd, where: _fcn_options(sd, "decode_head.")
             ),
             f"fcn/fcn_r{_depth}-d8_{_CS}",
+        ),
+    )
+    register_mmseg_arch(
+        f"deeplabv3plus_r{_depth}-d8",
+        MMSegArch(
+            resnet_d8("deeplabv3plus", f"resnet{_depth}_v1c", _sep_aspp_options),
+            f"deeplabv3plus/deeplabv3plus_r{_depth}-d8_{_CS}",
+        ),
+    )
+    # Stride 32 (no dilation); odd sizes exercise every resize, PPM bin 6 sees an 8x9 map.
+    register_mmseg_arch(
+        f"upernet_r{_depth}",
+        MMSegArch(
+            resnet_mmseg("upernet", f"resnet{_depth}_v1c", _uper_options, output_stride=32),
+            f"upernet/upernet_r{_depth}_{_CS}",
+            input_size=(225, 257),
+        ),
+    )
+    register_mmseg_arch(
+        f"fpn_r{_depth}",
+        MMSegArch(
+            resnet_mmseg("fpn", f"resnet{_depth}_v1c", _fpn_options, output_stride=32, neck=True),
+            f"sem_fpn/fpn_r{_depth}_4xb2-80k_cityscapes-512x1024.py",
+            input_size=(225, 257),
         ),
     )
