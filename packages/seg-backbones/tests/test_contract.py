@@ -15,6 +15,7 @@ RESNETS = [f"resnet{d}{s}" for d in (18, 34, 50, 101) for s in ("", "_v1c", "_de
     "resnet152"
 ]
 NAMES = RESNETS + [f"mit_b{i}" for i in range(6)] + ["hrnet_w18", "hrnet_w48"]
+NAMES += ["mobilenet_v3_large", "mobilenet_v3_small"]
 
 EXPANSION = {18: 1, 34: 1, 50: 4, 101: 4, 152: 4}
 

@@ -23,7 +23,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..model import SegmentationModel
+
+# family converters register their archs on import
 from . import _hrnet as _hrnet
+from . import _lraspp as _lraspp
 from . import _segformer as _segformer
 from . import _upernet_hf as _upernet_hf
 from ._common import StateDictSource, load_checkpoint
