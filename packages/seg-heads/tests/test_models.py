@@ -35,21 +35,32 @@ def test_unknown_backbone_lists_valid_names() -> None:
 
 
 # Narrow heads keep the 2-core CI fast; the full widths are checked structurally below.
-NARROW = {"denseaspp": {"mid_channels": 64, "growth": 32}}
+NARROW = {
+    "denseaspp": {"mid_channels": 64, "growth": 32},
+    "ocrnet": {"channels": 64, "ocr_channels": 32},
+}
 VARIANTS = [(name, NARROW.get(name, {"channels": 64})) for name in list_models()] + [
     ("deeplabv3", {"variant": "torchvision", "channels": 64}),
     ("fcn", {"variant": "torchvision"}),
 ]
 
 
+def _head_returns_aux(name: str, head_kwargs: dict) -> bool:
+    """Whether the model's decode head returns its own ``"aux"`` (OCRNet's soft regions)."""
+    with torch.device("meta"):
+        model = create_model(name, backbone=SMALL, num_classes=5, head_kwargs=head_kwargs)
+    return bool(getattr(model.decode_head, "returns_aux", False))
+
+
 @pytest.mark.parametrize(("name", "head_kwargs"), VARIANTS, ids=lambda v: str(v))
 def test_forward_backward_and_determinism(name: str, head_kwargs: dict) -> None:
     torch.manual_seed(0)
+    own_aux = _head_returns_aux(name, head_kwargs)
     model = create_model(
         name,
         backbone=SMALL,
         num_classes=5,
-        aux=True,
+        aux=not own_aux,
         head_kwargs=head_kwargs,
         aux_kwargs={"channels": 32},
     )
@@ -66,6 +77,11 @@ def test_forward_backward_and_determinism(name: str, head_kwargs: dict) -> None:
     with torch.no_grad():
         a, b = model(x[:1]), model(x[:1])
     assert torch.equal(a["out"], b["out"]) and torch.equal(a["aux"], b["aux"])
+
+
+def test_aux_on_a_head_with_its_own_aux_fails_at_build_time() -> None:
+    with pytest.raises(ValueError, match=r"'ocrnet'.*already returns its own auxiliary"):
+        create_model("ocrnet", backbone="hrnet_w18", num_classes=3, aux=True)
 
 
 def test_no_aux_gives_only_out() -> None:

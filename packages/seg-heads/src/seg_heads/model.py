@@ -189,6 +189,10 @@ def create_model(
             **dict(head_kwargs or {}),
         )
         aux_head = None
+        if aux and getattr(decode_head, "returns_aux", False):
+            raise ValueError(
+                f"the {name} head already returns its own auxiliary logits ('aux'); use aux=False"
+            )
         if aux:
             opts = _aux_options(head_kwargs, aux_kwargs)
             in_index = check_in_index(info, opts.pop("in_index", 2), head="aux head")
