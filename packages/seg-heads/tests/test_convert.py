@@ -1,7 +1,9 @@
 """Checkpoint conversion: torchvision against torchvision itself, mmseg against a
 functional transcription of mmseg's forward over state dicts in mmseg's key layout.
 
-mmsegmentation is not installable here, so ``mmseg_state_dict`` writes the keys
+These tests run without mmsegmentation (the seg-heads test environment does not hold
+it; the ``parity`` nox session compares every ``from_mmseg`` arch with mmsegmentation
+1.2.2 itself, see tests/parity/). Here ``mmseg_state_dict`` writes the keys
 mmseg's modules produce (read from ``mmseg/models/backbones/resnet.py``,
 ``mmseg/models/utils/res_layer.py``, ``decode_heads/{psp,aspp,fcn}_head.py``,
 ``decode_head.py`` and mmcv's ``ConvModule``), independently of the converter's
