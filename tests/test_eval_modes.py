@@ -99,4 +99,4 @@ def test_cli_errors(tmp_path: Path, checkpoint: Path, capsys) -> None:
                      "config": cfg.to_dict(), "iteration": 0}, bad)  # fmt: skip
     with pytest.raises(SystemExit) as exc:
         cli(["--cpu", "--checkpoint", str(bad)])
-    assert exc.value.code == 2 and "does not fit the model" in capsys.readouterr().err
+    assert exc.value.code == 3 and "does not fit the model" in capsys.readouterr().err

@@ -30,9 +30,10 @@ def test_doctor_reports_every_problem(tmp_path, layouts):
     assert "size mismatch" in text and "img2.jpg" in text
     assert "img3.png holds values [9, 17]" in text
     assert len(report.errors) == 4
-    assert len(report.warnings) == 2
+    assert len(report.warnings) == 3
     assert "orphan.png has no image" in report.warnings[0]
     assert "all pixels are ignore" in report.warnings[1]
+    assert "of the pixels are ignore" in report.warnings[2]  # one of the two checked labels
     assert report.num_pairs == 5 and report.num_checked == 2
     assert report.pixel_counts.tolist()[0] > 0 and len(report.pixel_counts) == 3
 
@@ -55,7 +56,7 @@ def test_doctor_cli_exit_codes_and_table(tmp_path, layouts, capsys):
     bad = _broken_folder(tmp_path / "bad", layouts)
     code = main(["check", "--dataset", "folder", "--root", str(bad), "--split", "all"])
     out = capsys.readouterr().out
-    assert code == 1 and "FAILED: 4 error(s), 2 warning(s)" in out and "ERROR: " in out
+    assert code == 1 and "FAILED: 4 error(s), 3 warning(s)" in out and "ERROR: " in out
 
 
 def test_doctor_reports_layout_errors_without_raising(tmp_path):

@@ -12,14 +12,19 @@ Files live in ``<output_dir>/checkpoints/``: ``iter_0004000.pth`` (the last
 ``keep_last`` are kept) and ``best.pth`` (highest val mIoU; model, config and
 metrics only). Writes go to a temporary file in the same folder, are flushed to
 disk and renamed over the target with ``os.replace``, so a crash (even SIGKILL)
-never leaves a half-written ``*.pth``.
+never leaves a half-written ``*.pth`` (the next run removes the temporary file,
+:func:`seg_trainer.rundir.remove_leftovers`). A failed write (disk full, quota)
+raises :class:`CheckpointWriteError` naming the file and the free space, and
+leaves the previous files untouched.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
+import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,14 +34,20 @@ import numpy as np
 import torch
 import yaml
 
+from .errors import StorageError
+from .rundir import human_bytes, is_temp_file, temp_path
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "CheckpointWriteError",
     "checkpoint_dir",
+    "checkpoint_files",
     "find_resume_checkpoint",
     "get_rng_state",
     "iteration_checkpoints",
     "load_checkpoint",
+    "non_finite",
     "prune_checkpoints",
     "save_checkpoint",
     "set_rng_state",
@@ -50,22 +61,54 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt or does not fit the run; the message says which."""
 
 
+class CheckpointWriteError(StorageError):
+    """Writing a checkpoint failed (disk full, quota, I/O error); older files are intact."""
+
+
 def checkpoint_dir(output_dir: str | Path) -> Path:
     """``<output_dir>/checkpoints``."""
     return Path(output_dir) / "checkpoints"
 
 
-def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _write_failed(path: Path, exc: BaseException, written: int) -> CheckpointWriteError:
+    """A clear error for a failed checkpoint write (torch buries ENOSPC in enforce text)."""
     try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < 1 << 20):
+        cause = "no space left on the device" if code != errno.EDQUOT else "disk quota exceeded"
+    elif isinstance(exc, OSError) and exc.strerror:
+        cause = exc.strerror
+    else:  # torch's "[enforce fail at inline_container.cc:...] . unexpected pos ..."
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        cause = f"the write stopped after {human_bytes(written)} ({text.split('] ')[-1]})"
+    where = f"; {human_bytes(free)} free there" if free is not None else ""
+    return CheckpointWriteError(
+        f"cannot write checkpoint {path}: {cause}{where}. Older checkpoints are intact. Free "
+        "some space (or lower checkpoint.keep_last) and resume with --resume auto"
+    )
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file in the same folder + ``os.replace``).
+
+    Raises:
+        CheckpointWriteError: the write failed (disk full ...); ``path`` is unchanged.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(dict(state), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        written = tmp.stat().st_size if tmp.exists() else 0
+        raise _write_failed(path, exc, written) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -103,6 +146,64 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
     return {"model": model, "config": config, "iteration": 0, "config_path": str(cfg_path)}
 
 
+_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    """Why ``torch.load(weights_only=True)`` failed, without torch's advice to load unsafely."""
+    text = str(exc)
+    found = _GLOBAL_RE.search(text)
+    if "Weights only load failed" in text and found:
+        what = f" (the first is {found.group(1)})"
+        return CheckpointError(
+            f"{path}: refused: the file holds pickled Python objects{what} besides tensors. "
+            "PKUSeg loads checkpoints safely (weights only), because unpickling can run "
+            "arbitrary code. A checkpoint from another library must be converted with "
+            "seg-convert; a PKUSeg checkpoint never holds such objects."
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if "Weights only load failed" in text:  # keep the reason, drop torch's unsafe advice
+        reason = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+        first = reason.group(1).strip() if reason else "not a weights-only file"
+    return CheckpointError(
+        f"{path}: cannot read this checkpoint ({type(exc).__name__}: {first}). "
+        "The file is truncated, corrupt or not a PKUSeg checkpoint; delete it or pass "
+        "another file (--resume PATH)."
+    )
+
+
+def non_finite(*states: Mapping[str, Any], limit: int = 5) -> list[str]:
+    """Dotted names of floating-point tensors holding NaN/inf in nested state dicts."""
+    bad: list[str] = []
+
+    def walk(value: Any, name: str) -> None:
+        if len(bad) >= limit:
+            return
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(name)
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(v, f"{name}.{k}" if name else str(k))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{name}.{i}")
+
+    for state in states:
+        walk(state, "")
+    return bad
+
+
+def checkpoint_files(output_dir: str | Path) -> list[Path]:
+    """Every checkpoint of a run (``iter_*.pth``, ``best.pth``, any ``*.pth``), temp files not."""
+    folder = checkpoint_dir(output_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if p.suffix == ".pth" and p.is_file() and not is_temp_file(p)
+    )
+
+
 def load_checkpoint(
     path: str | Path, *, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
@@ -124,12 +225,7 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # garbage bytes raise anything (IndexError, UnpicklingError, ...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: cannot read this checkpoint ({type(exc).__name__}: {first}). "
-            "The file is truncated, corrupt or not a PKUSeg checkpoint; delete it or pass "
-            "another file (--resume PATH)."
-        ) from None
+        raise _unreadable(path, exc) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(state).__name__}")
     missing = [k for k in ("model", "config", "iteration") if k not in state]

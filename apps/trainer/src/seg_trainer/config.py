@@ -13,6 +13,11 @@ Command-line overrides use dotted keys, the value being parsed as YAML::
         --set model.backbone_kwargs.contract_dilation=false data.train_transforms.1.RandomCrop.size=[512,512]
 
 Integers in a dotted key index lists (``data.train_transforms.1``).
+
+YAML is read strictly: a key given twice in one mapping is an error (plain YAML keeps the
+last one silently), and numbers in exponent notation without a dot (``1e3``, ``1e-45``,
+YAML 1.1 reads them as strings) are numbers; a float with an integral value (``4e4``) is
+accepted for an integer key.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -44,11 +50,58 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "load_config",
+    "yaml_load",
 ]
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the file, the key and the fix."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects duplicate keys and reads ``1e3`` as a number."""
+
+    source = "<text>"
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base" may override keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first != line or seen.get(("__count", key)):
+                raise ConfigError(
+                    f"{self.source}:{line}: key {key!r} appears twice in one mapping (lines "
+                    f"{first} and {line}); YAML would silently keep only the last value: "
+                    "remove one"
+                )
+            seen[("__count", key)] = 1
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 needs a dot in a float ("1.0e-4"); "1e-4" and "1e3" would be strings.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str, source: str = "<text>") -> Any:
+    """Parse YAML strictly (see the module docstring); errors are :class:`ConfigError`."""
+    loader = _StrictLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
 
 
 class _Required:
@@ -294,6 +347,8 @@ def _convert(value: Any, tp: Any, key: str, ctx: _Ctx) -> Any:
             raise ctx.error(key, f"expected true or false, got {_value_repr(value)}")
         return value
     if tp is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)  # 4e4 iterations
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
         return value
@@ -343,6 +398,10 @@ def _build(cls: type, data: Any, prefix: str, ctx: _Ctx) -> Any:
 
 
 def _validate(cfg: Config, ctx: _Ctx) -> None:
+    if not cfg.output_dir.strip():
+        raise ctx.error(
+            "output_dir", "is empty; name the folder that receives the run, e.g. work_dirs/run1"
+        )
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -440,8 +499,8 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
             f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. optimizer.lr=0.02"
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
+        value = yaml_load(raw, f"--set {item!r}") if raw.strip() else None
+    except ConfigError as exc:
         raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
     return key.split("."), value
 
@@ -498,10 +557,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = yaml_load(path.read_text(encoding="utf-8"), str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -19,7 +19,9 @@ because nothing is synchronised per batch (the model is unwrapped from DDP, so
 no buffer broadcast runs in forward).
 
 Logits are resized to the label's size: labels stay at their original
-resolution, as in mmseg's ``rescale=True`` testing.
+resolution, as in mmseg's ``rescale=True`` testing. NaN logits are an error
+(:class:`~seg_trainer.errors.EvaluationFailed` naming the image), never a
+prediction: ``argmax`` would silently count them as class 0.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,48 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from seg_trainer.errors import EvaluationFailed, report_errors
 from seg_trainer.inference import MODES, predict_logits
 from seg_trainer.visualize import colorize
 
-__all__ = ["cli", "evaluate", "load_model", "make_shard_loader", "shard_indices"]
+__all__ = [
+    "check_classes",
+    "cli",
+    "evaluate",
+    "load_model",
+    "make_shard_loader",
+    "shard_indices",
+]
+
+
+def check_classes(cfg: Any, dataset: Any, split: str, *, ignore_index: int | None = None) -> None:
+    """Raise ``ConfigError`` when ``model.num_classes`` (or ``loss.ignore_index``) does not
+    fit ``dataset``: a mismatch would otherwise fail only at the first out-of-range label
+    (``IndexError: Target 9 is out of bounds``) or after training, at the final evaluation.
+    """
+    from seg_trainer.config import ConfigError
+
+    classes = getattr(dataset, "classes", None)
+    k = getattr(dataset, "num_classes", None) or (len(classes) if classes else None)
+    name = cfg.data.dataset
+    if k is not None and k != cfg.model.num_classes:
+        shown = ""
+        if classes:
+            shown = (
+                f" ({', '.join(map(str, list(classes)[:8]))}{', ...' if len(classes) > 8 else ''})"
+            )
+        raise ConfigError(
+            f"key 'model.num_classes': {cfg.model.num_classes}, but dataset {name!r} "
+            f"({split} split) has {k} classes{shown}. Set model.num_classes: {k}, or change "
+            "the dataset's classes (data.dataset_options)"
+        )
+    void = getattr(dataset, "ignore_index", None)
+    if ignore_index is not None and void is not None and ignore_index != void:
+        raise ConfigError(
+            f"key 'loss.ignore_index': {ignore_index}, but dataset {name!r} marks void pixels "
+            f"as {void}: they would be trained as class {void}, which does not exist. Set "
+            f"loss.ignore_index: {void}"
+        )
 
 
 def shard_indices(num_samples: int, num_processes: int, process_index: int) -> list[int]:
@@ -129,6 +168,23 @@ def _batches(
         start += n
 
 
+def _check_logits(logits: Tensor, metas: Sequence[Any], indices: Sequence[int]) -> None:
+    """NaN logits would be counted as class 0 by argmax: refuse them, naming the image."""
+    nan = torch.isnan(logits).any(dim=1)  # N x H x W
+    if not bool(nan.any()):
+        return
+    per_image = nan.flatten(1).sum(1).tolist()
+    first = next(i for i, n in enumerate(per_image) if n)
+    meta = metas[first] if first < len(metas) else None
+    name = (meta or {}).get("filename") if isinstance(meta, dict) else None
+    raise EvaluationFailed(
+        f"the model produced NaN logits for {int(sum(per_image))} pixels (first image: "
+        f"{name or f'index {indices[first]}'}); the weights or the inputs are not finite, or "
+        "fp16 overflowed (try train.mixed_precision=bf16 or no). NaN is not a prediction: "
+        "these pixels are not counted as any class"
+    )
+
+
 def evaluate(
     model: nn.Module,
     dataloader: DataLoader,
@@ -147,6 +203,7 @@ def evaluate(
     palette: Any = None,
     label_id_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     progress: bool = True,
+    check_stop: Callable[[], None] | None = None,
 ) -> Any:
     """Evaluate ``model`` over the whole dataset of ``dataloader`` on every process.
 
@@ -167,6 +224,11 @@ def evaluate(
             e.g. Cityscapes trainId -> labelId for the test server).
         label_id_fn: maps an ``H x W`` array of predicted train ids to dataset label ids.
         progress: show a progress bar on the main process.
+        check_stop: called before each batch; may raise to abort the evaluation (the
+            trainer's stop signal).
+
+    Raises:
+        EvaluationFailed: the model produced NaN logits (names the first image).
 
     Returns:
         The ``seg_metrics`` result of the all-reduced confusion matrix (same on every
@@ -214,6 +276,8 @@ def evaluate(
     try:
         with torch.no_grad():
             for batch, batch_indices in _batches(loader, indices):
+                if check_stop is not None:
+                    check_stop()
                 images = batch["image"].to(device, non_blocking=True)
                 labels = batch.get("label")
                 metas = batch.get("meta") or [None] * len(batch_indices)
@@ -227,6 +291,7 @@ def evaluate(
                     out_size = None if lab is None else tuple(lab.shape[-2:])
                     with accelerator.autocast():
                         logits = predict_logits(net, images[sl], out_size=out_size, **kwargs)
+                    _check_logits(logits, metas[sl], batch_indices[sl])
                     pred = logits.argmax(dim=1)
                     if lab is not None:
                         cm.update(pred, lab.to(device, non_blocking=True))
@@ -286,6 +351,7 @@ def _parser() -> argparse.ArgumentParser:
         help="config overrides, e.g. --set data.root=/data/cityscapes evaluation.stride=[513,513]",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of reported errors")
     return p
 
 
@@ -323,6 +389,19 @@ def load_model(cfg: Any, checkpoint: dict[str, Any], path: str | Path) -> nn.Mod
     from seg_trainer.checkpoint import CheckpointError
 
     model = build_model(cfg)
+    own = model.state_dict()
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in checkpoint["model"].items()
+        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if shapes:
+        raise CheckpointError(
+            f"{path} does not fit the model built from the config ({cfg.model.name} / "
+            f"{cfg.model.backbone}, {cfg.model.num_classes} classes): {len(shapes)} tensor(s) "
+            f"differ in shape, e.g. {'; '.join(shapes[:3])}. Pass the config the checkpoint "
+            "was trained with (--config) or fix model.* (e.g. model.num_classes) with --set"
+        )
     missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)
     if missing or unexpected:
         more_m = "..." if len(missing) > 5 else ""
@@ -336,14 +415,15 @@ def load_model(cfg: Any, checkpoint: dict[str, Any], path: str | Path) -> nn.Mod
     return model
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run ``seg-eval``; returns the metrics dictionary written to JSON."""
+def main(argv: Sequence[str] | argparse.Namespace | None = None) -> dict[str, Any]:
+    """Run ``seg-eval`` (arguments, or parsed ones); returns the metrics written to JSON."""
     from accelerate import Accelerator
 
     from seg_trainer.build import build_dataset
     from seg_trainer.checkpoint import load_checkpoint
+    from seg_trainer.rundir import atomic_write_text
 
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv) if not isinstance(argv, argparse.Namespace) else argv
     checkpoint = load_checkpoint(args.checkpoint)
     cfg = _load_config(args, checkpoint)
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=cfg.train.mixed_precision)
@@ -353,6 +433,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model.to(accelerator.device)
 
     dataset = build_dataset(cfg, split)
+    check_classes(cfg, dataset, split)
     ev = cfg.evaluation
     loader = DataLoader(
         dataset,
@@ -399,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"eval_{split}_{ev.mode}.json"
-        path.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+        atomic_write_text(path, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
         accelerator.print(f"metrics written to {path}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -428,15 +509,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    """Console entry point ``seg-eval``."""
-    from seg_trainer.checkpoint import CheckpointError
-    from seg_trainer.config import ConfigError
+    """Console entry point ``seg-eval``: documented errors are one line and an exit code
+    (the table in :mod:`seg_trainer.errors`), ``--debug`` shows their traceback."""
+    args = _parser().parse_args(argv)
 
-    try:
-        main(argv)
-    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
-        print(f"seg-eval: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    def run() -> int:
+        main(args)
+        return 0
+
+    raise SystemExit(report_errors("seg-eval", run, debug=args.debug))
 
 
 if __name__ == "__main__":

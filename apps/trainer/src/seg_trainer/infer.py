@@ -16,8 +16,23 @@ the image's own size. Inference uses ``evaluation.mode`` (``--mode`` overrides) 
 its crop, stride, scales and flip. The palette and class names come from the
 dataset when it can be opened (always for ``synthetic``), else the VOC colour map.
 
-Unreadable inputs are reported with the reason, the remaining images are still
-processed, and the exit status is 1.
+Images are read by ``seg_data.read_image``, the reader training and evaluation use:
+EXIF orientation applied, 16-bit images scaled to 8 bits, float images refused by
+name. Two inputs never write the same output: names that would collide (``a.jpg``
+and ``a.png``, also differing only in case, or equal names from two input folders)
+get their extension (``a_jpg``, ``a_png``) and, if still equal, a number; the
+renames are printed. The same file given twice is processed once.
+
+Memory: with ``--mode slide`` (no flip) the logits of an image are never held at
+full size (:func:`seg_trainer.inference.slide_labels`), resizing back to the image
+size and the colour/overlay pictures work a band of rows at a time, so an 8000 x 6000
+photo needs about its own size a few times over. ``--mode whole`` on an image too
+large for memory is reported with the advice to use slide mode.
+
+Inputs that cannot be read or predicted are reported with the reason, the remaining
+images are still processed, the count printed is the number of images whose three
+outputs were all written, and the exit status is 5 (the data-error code of
+:mod:`seg_trainer.errors`).
 """
 
 from __future__ import annotations
@@ -25,16 +40,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from seg_trainer.inference import MODES, predict_logits
+from seg_trainer.errors import EXIT_DATA, report_errors
+from seg_trainer.inference import MODES, predict_logits, resize_labels, slide_labels
 from seg_trainer.visualize import colorize, overlay
 
 __all__ = ["IMAGE_SUFFIXES", "cli", "find_images", "voc_palette"]
@@ -58,48 +74,62 @@ def voc_palette(num_classes: int) -> np.ndarray:
 def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
     """``(path, output name)`` for every image: files as given, folders searched recursively.
 
-    Output names keep the sub-folder of images found in a folder (``a/b.jpg`` -> ``a/b``) and
-    get a numeric suffix when two inputs would write the same name.
+    Output names keep the sub-folder of images found in a folder (``a/b.jpg`` -> ``a/b``).
+    They never collide, also not on a case-insensitive file system: inputs that would share
+    a name get their extension (``a_jpg``, ``a_png``) and, if that is not enough, a number
+    (``a_2``). The same file given twice is listed once.
 
     Raises:
         FileNotFoundError: an input does not exist, or no image was found.
     """
     found: list[tuple[Path, str]] = []
+    seen_files: set[Path] = set()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             files = sorted(
                 p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
             )
-            found += [(p, p.relative_to(path).with_suffix("").as_posix()) for p in files]
+            pairs = [(p, p.relative_to(path).with_suffix("").as_posix()) for p in files]
         elif path.is_file():
-            found.append((path, path.stem))
+            pairs = [(path, path.stem)]
         else:
             raise FileNotFoundError(f"--input {item}: no such file or folder")
+        for p, name in pairs:
+            if p.resolve() not in seen_files:
+                seen_files.add(p.resolve())
+                found.append((p, name))
     if not found:
         raise FileNotFoundError(
             f"no images found in {', '.join(map(str, inputs))} (looked for {', '.join(IMAGE_SUFFIXES)})"
         )
-    seen: dict[str, int] = {}
-    named = []
-    for path, name in found:
-        n = seen.get(name, 0)
-        seen[name] = n + 1
-        named.append((path, name if n == 0 else f"{name}_{n}"))
-    return named
+    return list(zip([p for p, _ in found], _unique_names(found)))
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """RGB uint8 ``H x W x 3``; raises ``ValueError`` naming the file when it cannot be decoded."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: cannot read this image ({exc})") from None
+def _unique_names(found: list[tuple[Path, str]]) -> list[str]:
+    """Collision-free output names (compared case-insensitively)."""
+    names = [name for _, name in found]
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, name in enumerate(names):
+        groups[name.casefold()].append(i)
+    for idxs in groups.values():
+        if len(idxs) > 1:
+            for i in idxs:
+                names[i] = f"{names[i]}_{found[i][0].suffix.lstrip('.').lower()}"
+    taken: set[str] = set()
+    for i, name in enumerate(names):
+        unique, n = name, 1
+        while unique.casefold() in taken:
+            n += 1
+            unique = f"{name}_{n}"
+        names[i] = unique
+        taken.add(unique.casefold())
+    return names
 
 
-def _prepare(image: np.ndarray, transforms: Any) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+def _prepare(
+    image: np.ndarray, transforms: Any, *, contiguous: bool = True
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Apply the val transforms; return the ``3 x H x W`` tensor and the box of real pixels.
 
     A dummy label travels with the image: transforms that pad fill it with 255, so its
@@ -111,8 +141,11 @@ def _prepare(image: np.ndarray, transforms: Any) -> tuple[torch.Tensor, tuple[in
     if transforms is not None:
         sample = transforms(sample, np.random.default_rng(0))
     img = np.ascontiguousarray(sample["image"], dtype=np.float32)
-    tensor = torch.from_numpy(img).permute(2, 0, 1).contiguous()
     th, tw = img.shape[:2]
+    tensor = torch.from_numpy(img).permute(2, 0, 1)  # a view: slide mode copies crops only
+    if contiguous:
+        tensor = tensor.contiguous()
+    del img, sample["image"]
     label = np.asarray(sample["label"])
     box = (0, th, 0, tw)
     if label.shape == (th, tw):
@@ -121,6 +154,13 @@ def _prepare(image: np.ndarray, transforms: Any) -> tuple[torch.Tensor, tuple[in
         if rows.size and cols.size:
             box = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
     return tensor, box
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """``seg_data.read_image`` (kept for callers of the old private helper; use seg_data's)."""
+    from seg_data import read_image
+
+    return read_image(path)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
     p.add_argument("--cpu", action="store_true", help="same as --device cpu")
     p.add_argument("--alpha", type=float, default=0.5, help="colour weight of the overlays")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of reported errors")
     return p
 
 
@@ -155,28 +196,89 @@ def _palette_and_classes(cfg: Any) -> tuple[np.ndarray, list[str] | None]:
     return palette, classes
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``seg-infer``; returns the exit status (0, or 1 when some inputs were unreadable)."""
-    from seg_data import build_transforms
-    from seg_trainer.checkpoint import load_checkpoint
-    from seg_trainer.config import apply_overrides, config_from_dict, load_config
-    from seg_trainer.evaluate import load_model
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    signs = ("can't allocate memory", "out of memory", "DefaultCPUAllocator")
+    # oneDNN reports a failed scratchpad allocation as "could not create a primitive"
+    return isinstance(exc, RuntimeError) and any(s in text for s in (*signs, "create a primitive"))
 
-    args = _parser().parse_args(argv)
-    images = find_images(args.input)
+
+def predict_mask(
+    model: torch.nn.Module, image: np.ndarray, transforms: Any, cfg: Any, device: torch.device
+) -> np.ndarray:
+    """Class ids (``H x W`` uint8) of an RGB uint8 image, at the image's own size.
+
+    Slide mode without flip never holds full-size logits (:func:`slide_labels`); resizing
+    back to the image size is done a band of rows at a time (:func:`resize_labels`).
+    """
+    ev = cfg.evaluation
+    tensor, (y1, y2, x1, x2) = _prepare(image, transforms, contiguous=False)
+    x = tensor[None].to(device)
+    del tensor
+    size = image.shape[:2]
+    if not (ev.mode == "slide" and not ev.flip and (y2 - y1, x2 - x1) == size):
+        x = x.contiguous()
+    if ev.mode == "slide" and not ev.flip and (y2 - y1, x2 - x1) == size:
+        labels = slide_labels(
+            model, x, crop_size=ev.crop_size, stride=ev.stride, num_classes=cfg.model.num_classes
+        )[0, y1:y2, x1:x2]
+    else:
+        logits = predict_logits(
+            model,
+            x,
+            mode=ev.mode,
+            crop_size=ev.crop_size,
+            stride=ev.stride,
+            scales=tuple(ev.scales),
+            flip=ev.flip,
+            num_classes=cfg.model.num_classes,
+            align_corners=cfg.model.align_corners,
+        )[:, :, y1:y2, x1:x2]
+        del x
+        labels = resize_labels(logits, size, align_corners=cfg.model.align_corners)[0]
+    return labels.cpu().numpy().astype(np.uint8)
+
+
+def _too_large(path: Path, image: np.ndarray, mode: str) -> str:
+    h, w = image.shape[:2]
+    if mode == "slide":
+        return (
+            f"{path}: {w}x{h} image does not fit in memory even in slide mode; lower "
+            "evaluation.crop_size (--set evaluation.crop_size=[512,512] evaluation.stride=[341,341])"
+        )
+    return (
+        f"{path}: {w}x{h} image does not fit in memory in {mode} mode; use sliding windows: "
+        "--mode slide --set evaluation.crop_size=[512,512] evaluation.stride=[341,341] "
+        "(memory then grows with the crop, not the image)"
+    )
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The checkpoint's config (``--config``/``--set`` applied) and the checkpoint."""
+    from seg_trainer.checkpoint import load_checkpoint
+    from seg_trainer.config import ConfigError, apply_overrides, config_from_dict, load_config
+
     checkpoint = load_checkpoint(args.checkpoint)
     overrides = list(args.set) + ([f"evaluation.mode={args.mode}"] if args.mode else [])
     if args.config:
-        cfg = load_config(args.config, overrides)
-    else:
-        stored = checkpoint.get("config")
-        if not isinstance(stored, dict):
-            raise FileNotFoundError(
-                f"{args.checkpoint} carries no config; pass --config CONFIG.yaml"
-            )
-        data = apply_overrides(json.loads(json.dumps(stored)), overrides)
-        cfg = config_from_dict(data, source=f"{args.checkpoint} (stored config)")
+        return load_config(args.config, overrides), checkpoint
+    stored = checkpoint.get("config")
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{args.checkpoint} carries no config; pass --config CONFIG.yaml")
+    data = apply_overrides(json.loads(json.dumps(stored)), overrides)
+    return config_from_dict(data, source=f"{args.checkpoint} (stored config)"), checkpoint
 
+
+def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
+    """Run ``seg-infer``; returns the exit status (0, or 5 when some inputs failed)."""
+    from seg_data import DatasetError, build_transforms, read_image
+    from seg_trainer.evaluate import load_model
+
+    args = argv if isinstance(argv, argparse.Namespace) else _parser().parse_args(argv)
+    images = find_images(args.input)
+    cfg, checkpoint = _load(args)
     device = torch.device(
         "cpu"
         if args.cpu
@@ -187,33 +289,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model(cfg, checkpoint, args.checkpoint).to(device).eval()
     transforms = build_transforms(cfg.data.val_transforms) if cfg.data.val_transforms else None
     palette, _ = _palette_and_classes(cfg)
-    ev = cfg.evaluation
     for sub in ("masks", "color", "overlay"):
         (args.output / sub).mkdir(parents=True, exist_ok=True)
+    renamed = [(p, n) for p, n in images if n != _plain_name(p, args.input)]
+    if renamed:
+        print(
+            f"seg-infer: {len(renamed)} input(s) would share an output name with another; "
+            "written as: " + ", ".join(f"{p} -> {n}.png" for p, n in renamed[:10])
+        )
 
     failures: list[str] = []
+    written = 0
     for path, name in images:
         try:
-            image = _read_image(path)
-        except ValueError as exc:
+            image = read_image(path)
+        except DatasetError as exc:
             failures.append(str(exc))
             continue
-        tensor, (y1, y2, x1, x2) = _prepare(image, transforms)
-        logits = predict_logits(
-            model,
-            tensor[None].to(device),
-            mode=ev.mode,
-            crop_size=ev.crop_size,
-            stride=ev.stride,
-            scales=tuple(ev.scales),
-            flip=ev.flip,
-            num_classes=cfg.model.num_classes,
-            align_corners=cfg.model.align_corners,
-        )[:, :, y1:y2, x1:x2]
-        logits = F.interpolate(
-            logits, size=image.shape[:2], mode="bilinear", align_corners=cfg.model.align_corners
-        )
-        mask = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        try:
+            mask = predict_mask(model, image, transforms, cfg, device)
+        except (RuntimeError, MemoryError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            failures.append(_too_large(path, image, cfg.evaluation.mode))
+            continue
         for sub, picture in (
             ("masks", mask),
             ("color", colorize(mask, palette)),
@@ -222,28 +323,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = args.output / sub / f"{name}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(picture).save(out)
-    done = len(images) - len(failures)
-    print(f"seg-infer: wrote {done} predictions to {args.output} (masks/, color/, overlay/)")
+        written += 1
+    print(f"seg-infer: wrote {written} predictions to {args.output} (masks/, color/, overlay/)")
     if failures:
         print(
-            f"seg-infer: {len(failures)} input(s) could not be read:\n  " + "\n  ".join(failures),
+            f"seg-infer: {len(failures)} input(s) failed:\n  " + "\n  ".join(failures),
             file=sys.stderr,
         )
-        return 1
+        return EXIT_DATA
     return 0
 
 
-def cli(argv: Sequence[str] | None = None) -> None:
-    """Console entry point ``seg-infer``."""
-    from seg_trainer.checkpoint import CheckpointError
-    from seg_trainer.config import ConfigError
+def _plain_name(path: Path, inputs: Sequence[str]) -> str:
+    """The output name ``path`` would get without collisions (for reporting renames)."""
+    for item in inputs:
+        base = Path(item)
+        if base.is_dir() and base in path.parents:
+            return path.relative_to(base).with_suffix("").as_posix()
+    return path.stem
 
-    try:
-        status = main(argv)
-    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
-        print(f"seg-infer: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    raise SystemExit(status)
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    """Console entry point ``seg-infer`` (exit codes: :mod:`seg_trainer.errors`)."""
+    args = _parser().parse_args(argv)
+    raise SystemExit(report_errors("seg-infer", lambda: main(args), debug=args.debug))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Written in the style of accelerate's examples (``examples/nlp_example.py``,
 ``by_feature/checkpointing.py``): :func:`get_dataloaders` -> :func:`build` ->
 :func:`train` -> :func:`main`, one ``accelerator.prepare``, step work gated on
-``accelerator.sync_gradients``, files written by the main process only::
+``accelerator.sync_gradients``, files written by the main process only; the loop's
+position lives in one :class:`TrainState`, the built objects in one :class:`Run`, and
+each part of an iteration is a small function::
 
     seg-train --config apps/trainer/configs/demo/pspnet_r18-deep_synthetic.yaml --cpu
     accelerate launch apps/trainer/train.py --config CONFIG [--set key=value ...] [--resume auto]
@@ -17,6 +19,18 @@ resuming restores them and skips the batches already seen in the current epoch
 iterations as an uninterrupted one (bit for bit on CPU with the same number of
 processes and ``deterministic: true``).
 
+Nothing lost (apps/trainer/README.md, "Reliability", lists the guarantees):
+
+* before the first iteration: the output folder is locked for this run, leftovers of
+  killed saves are removed, a folder holding checkpoints is refused without
+  ``--resume``/``--overwrite``, and :func:`preflight` checks class counts, the ignore
+  index, one decoded val batch, write access and free space;
+* checkpoints are written only with finite weights, so the one a NaN stop names is good;
+* SIGTERM/SIGINT finish the current step, write a checkpoint and exit with 75 (a second
+  signal stops at once);
+* the final checkpoint is written before the final evaluation, so an evaluation failure
+  loses nothing.
+
 One iteration is one optimizer step over ``data.batch_size * train.grad_accum``
 images (``data.batch_size`` is the total over processes).
 """
@@ -24,13 +38,19 @@ images (``data.batch_size`` is the total over processes).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,24 +64,48 @@ from .checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     checkpoint_dir,
+    checkpoint_files,
     find_resume_checkpoint,
     get_rng_state,
     iteration_checkpoints,
     load_checkpoint,
+    non_finite,
     prune_checkpoints,
     save_checkpoint,
     set_rng_state,
 )
 from .config import Config, ConfigError, load_config
+from .errors import (
+    EvaluationFailed,
+    TrainingDiverged,
+    TrainingInterrupted,
+    report_errors,
+)
 from .logging_utils import RunLogger
 from .losses import SegmentationLoss, build_loss
 from .optim import WarmupPolyLR, build_optimizer, build_scheduler
+from .rundir import (
+    RunLock,
+    atomic_write_text,
+    check_free_space,
+    check_writable,
+    human_bytes,
+    remove_leftovers,
+)
 
-__all__ = ["TrainResult", "TrainingDiverged", "build", "cli", "get_dataloaders", "main", "train"]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the iteration and the last checkpoint."""
+__all__ = [
+    "Run",
+    "TrainResult",
+    "TrainState",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "build",
+    "cli",
+    "get_dataloaders",
+    "main",
+    "preflight",
+    "train",
+]
 
 
 @dataclass
@@ -73,6 +117,52 @@ class TrainResult:
     best_miou: float | None
     checkpoint: Path | None
     files: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class TrainState:
+    """Where the loop stands (what a checkpoint stores besides the modules and RNGs)."""
+
+    iteration: int = 0
+    epoch: int = 0
+    skip: int = 0  # batches of `epoch` already seen (resuming mid-epoch)
+    best_miou: float | None = None
+    metrics: dict[str, Any] | None = None  # of the newest evaluation
+    checkpoint: Path | None = None  # the newest checkpoint, written or resumed from: finite
+    last_eval_iter: int = -1
+    last_ckpt_iter: int = -1
+
+
+@dataclass
+class Run:
+    """Everything :func:`train` built for one run, shared by the steps of the loop."""
+
+    cfg: Config
+    accelerator: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: WarmupPolyLR
+    criterion: SegmentationLoss
+    train_loader: Any
+    val_loader: Any
+    train_set: Any
+    val_set: Any
+    stop: _StopSignal
+    logger: RunLogger | None = None  # main process only
+    sampler: Any = None
+    loader_generator: Any = None
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    @property
+    def is_main(self) -> bool:
+        return bool(self.accelerator.is_main_process)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return list(getattr(self.val_set, "classes", None) or []) or None
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -155,22 +245,6 @@ def _check_compatible(ckpt_cfg: Any, cfg: Config, path: Path) -> None:
         )
 
 
-def _resolve_resume(resume: str | None, cfg: Config) -> tuple[Path, dict[str, Any]] | None:
-    if resume is None:
-        existing = iteration_checkpoints(cfg.output_dir)
-        if existing:
-            raise CheckpointError(
-                f"output_dir {cfg.output_dir} already holds checkpoints "
-                f"({existing[-1][1].name}, ...). Pass --resume auto to continue that run, "
-                "or choose another output_dir (--set output_dir=...)."
-            )
-        return None
-    if resume == "auto":
-        return find_resume_checkpoint(cfg.output_dir)
-    path = Path(resume)
-    return path, load_checkpoint(path)
-
-
 def _denormalize(
     image: torch.Tensor, norm: tuple[list[float], list[float], bool] | None
 ) -> np.ndarray:
@@ -218,6 +292,159 @@ def _metrics_dict(result: Any) -> dict[str, Any]:
     return out
 
 
+def _note(run_or_accelerator: Any, message: str) -> None:
+    """An informational line on the main process's stderr."""
+    acc = getattr(run_or_accelerator, "accelerator", run_or_accelerator)
+    if acc.is_main_process:
+        print(f"seg-train: {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- stop signals
+
+
+class _StopNow(Exception):
+    """Raised inside an evaluation to abort it after a stop signal."""
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT handler: the first asks the loop to stop after the current step.
+
+    The handler records the signal and restores the previous handlers, so a second
+    signal takes the default action at once: SIGTERM kills the process, SIGINT raises
+    ``KeyboardInterrupt``. Installed only in the main thread.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> _StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.name = signal.Signals(signum).name
+        self.restore()
+        os.write(
+            2,
+            f"seg-train: {self.name} received: finishing the current step, then writing a "
+            "checkpoint (send it again to stop at once, without saving)\n".encode(),
+        )
+
+    def requested(self, accelerator: Any) -> bool:
+        """Whether any process got a stop signal (one all-reduce when there are several)."""
+        flag = self.name is not None
+        if accelerator.num_processes > 1:
+            t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+            flag = bool(accelerator.reduce(t, reduction="sum").item() > 0)
+            if flag and self.name is None:
+                self.name = "a signal (on another process)"
+        return flag
+
+    def check(self) -> None:
+        """Raise :class:`_StopNow` when this process got a stop signal (single process)."""
+        if self.name is not None:
+            raise _StopNow
+
+
+def _quiet_worker(worker_id: int, inner: Callable[[int], Any] | None = None) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGINT/SIGTERM (Ctrl-C reaches the
+    whole process group); the main process stops them when it stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if inner is not None:
+        inner(worker_id)
+
+
+def _quiet_workers(loader: Any) -> None:
+    if loader.num_workers > 0:
+        loader.worker_init_fn = functools.partial(_quiet_worker, inner=loader.worker_init_fn)
+
+
+# ------------------------------------------------------------------------ the output folder
+
+
+_RUN_FILES = ("log.jsonl", "metrics.json", "config.yaml", "predictions.png", "training_curves.png")
+_RUN_DIRS = ("tensorboard", "predictions")
+
+
+def _tidy_output_dir(cfg: Config, resume: str | None, overwrite: bool) -> None:
+    """Main process, lock held: remove leftovers; refuse or clear a previous run."""
+    out = Path(cfg.output_dir)
+    leftovers = remove_leftovers(out)
+    if leftovers:
+        size = human_bytes(sum(n for _, n in leftovers))
+        print(
+            f"seg-train: removed {len(leftovers)} temporary file(s) ({size}) left by saves "
+            f"that were killed half-way: {', '.join(p.name for p, _ in leftovers[:3])}",
+            file=sys.stderr,
+        )
+    existing = checkpoint_files(out)
+    names = ", ".join(p.name for p in existing[:4]) + (", ..." if len(existing) > 4 else "")
+    if existing and overwrite:
+        removed = _clear_previous_run(out, existing)
+        print(f"seg-train: --overwrite: removed the previous run in {out}: {removed}")
+    elif existing and resume is None:
+        raise CheckpointError(
+            f"output_dir {out} already holds checkpoints ({names}). Pass --resume auto to "
+            "continue that run, --overwrite to replace it, or choose another output_dir "
+            "(--set output_dir=...)."
+        )
+    elif existing and resume in ("auto", "must") and not iteration_checkpoints(out):
+        raise CheckpointError(
+            f"--resume {resume}: {checkpoint_dir(out)} holds {names} but no iter_*.pth to "
+            "continue from (best.pth holds only the model). A fresh run would replace them: "
+            "pass --overwrite to do that, or choose another output_dir."
+        )
+
+
+def _clear_previous_run(out: Path, checkpoints: list[Path]) -> str:
+    for p in checkpoints:
+        p.unlink()
+    gone = [f"{len(checkpoints)} checkpoint(s)"]
+    for name in _RUN_FILES:
+        if (out / name).is_file():
+            (out / name).unlink()
+            gone.append(name)
+    for name in _RUN_DIRS:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+            gone.append(name + "/")
+    return ", ".join(gone)
+
+
+def _resolve_resume(
+    resume: str | None, cfg: Config, accelerator: Any
+) -> tuple[Path, dict[str, Any]] | None:
+    if resume is None:
+        return None
+    if resume in ("auto", "must"):
+        found = find_resume_checkpoint(cfg.output_dir)
+        if found is None and resume == "must":
+            raise CheckpointError(
+                f"--resume must: no iter_*.pth checkpoint in {checkpoint_dir(cfg.output_dir)} "
+                "to continue from (use --resume auto to start fresh when there is none)"
+            )
+        if found is None:
+            _note(
+                accelerator,
+                f"--resume auto: no checkpoint in {checkpoint_dir(cfg.output_dir)}: starting "
+                "a fresh run",
+            )
+        return found
+    path = Path(resume)
+    return path, load_checkpoint(path)
+
+
 # ------------------------------------------------------------------------------ the four steps
 
 
@@ -243,22 +470,591 @@ def build(
     return model, optimizer, scheduler, criterion
 
 
-def train(cfg: Config, *, cpu: bool = False, resume: str | None = None) -> TrainResult:
-    """Run (or continue, ``resume="auto"`` or a checkpoint path) the training described by ``cfg``.
+def _build_run(cfg: Config, accelerator: Any, stop: _StopSignal) -> Run:
+    train_loader, val_loader, train_set, val_set = get_dataloaders(cfg)
+    _quiet_workers(train_loader)
+    _quiet_workers(val_loader)
+    sampler, generator = train_loader.sampler, train_loader.generator
+    model, optimizer, scheduler, criterion = build(cfg, accelerator)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    return Run(
+        cfg=cfg,
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        criterion=criterion.to(accelerator.device),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        train_set=train_set,
+        val_set=val_set,
+        stop=stop,
+        sampler=sampler,
+        loader_generator=generator,
+    )
+
+
+def _checkpoint_bytes(run: Run) -> tuple[int, int]:
+    """Estimated sizes of an iteration checkpoint and of best.pth (model only), in bytes."""
+    model = run.accelerator.unwrap_model(run.model)
+    model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    opt = run.cfg.optimizer
+    slots = 2 if opt.name == "adamw" else int(opt.momentum > 0)
+    return model_bytes + slots * params, model_bytes
+
+
+def preflight(run: Run) -> None:
+    """Everything that can be checked before the first iteration, each a named error.
+
+    Class counts of both splits against ``model.num_classes`` and the ignore index
+    (:func:`seg_trainer.evaluate.check_classes`), one decoded val batch and one train
+    sample (a corrupt file fails now, naming it, not after hours), write access to the
+    checkpoint folder and enough free space for the checkpoints this run keeps.
 
     Raises:
-        ConfigError: the config cannot be built (names the key).
-        CheckpointError: the checkpoint to resume from is corrupt or does not fit ``cfg``.
-        TrainingDiverged: the loss became NaN/inf (names the iteration).
+        ConfigError, seg_data.DatasetError, StorageError.
     """
-    from accelerate.utils import gather_object
+    from .evaluate import check_classes
+
+    cfg = run.cfg
+    check_classes(cfg, run.train_set, "train", ignore_index=cfg.loss.ignore_index)
+    check_classes(cfg, run.val_set, "val", ignore_index=cfg.loss.ignore_index)
+    labels = [
+        run.val_set[i]["label"] for i in range(min(cfg.evaluation.batch_size, len(run.val_set)))
+    ]
+    run.train_set[0]
+    _warn_binary_masks(cfg, labels)
+    if run.is_main:
+        folder = checkpoint_dir(cfg.output_dir)
+        check_writable(folder)
+        ckpt, best = _checkpoint_bytes(run)
+        have = sum(p.stat().st_size for p in checkpoint_files(cfg.output_dir))
+        need = ckpt * (cfg.checkpoint.keep_last + 1) + (best if cfg.checkpoint.keep_best else 0)
+        check_free_space(
+            folder,
+            max(need - have, ckpt),
+            f"{cfg.checkpoint.keep_last} kept checkpoints of ~{human_bytes(ckpt)} each (one "
+            "more while the next is written) and best.pth",
+        )
+
+
+def _warn_binary_masks(cfg: Config, labels: list[torch.Tensor]) -> None:
+    if not labels or cfg.model.num_classes < 2:
+        return
+    values = torch.unique(torch.cat([lab.reshape(-1) for lab in labels]))
+    if set(values.tolist()) == {0, cfg.loss.ignore_index}:
+        warnings.warn(
+            f"the first val labels hold only class 0 and ignore ({cfg.loss.ignore_index}): "
+            "binary masks saved as 0/255? 255 reads as ignore and the model would learn "
+            "background only. Check with: python -m seg_data check --dataset "
+            f"{cfg.data.dataset} --root ... (the folder dataset has dataset_options: "
+            "{binary_mask: true})",
+            stacklevel=2,
+        )
+
+
+def _restore(run: Run, resumed: tuple[Path, dict[str, Any]] | None) -> TrainState:
+    """The state to start from: fresh, or the resumed checkpoint loaded into the run."""
+    cfg, acc = run.cfg, run.accelerator
+    if resumed is None:
+        torch.manual_seed(cfg.seed + acc.process_index)  # per-process dropout streams
+        return TrainState()
+    path, ckpt = resumed
+    start = int(ckpt["iteration"])
+    lacking = [k for k in ("optimizer", "scheduler") if k not in ckpt]
+    if lacking:
+        raise CheckpointError(
+            f"{path} holds no {' / '.join(lacking)} state (best.pth and seg-convert files "
+            "hold only the model): resume from an iter_*.pth checkpoint, or start a new run "
+            "with model.pretrained_backbone / seg-eval for evaluation"
+        )
+    bad = non_finite(ckpt["model"], ckpt["optimizer"])
+    if bad:
+        raise CheckpointError(
+            f"{path} holds non-finite values ({', '.join(bad)}): resuming would diverge at "
+            "once; resume from an earlier checkpoint (--resume PATH)"
+        )
+    try:
+        acc.unwrap_model(run.model).load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: does not fit the model/optimizer built from the config: {exc}"
+        ) from None
+    # The schedule follows the config (e.g. a longer max_iters), at the saved iteration.
+    run.scheduler.max_iters = cfg.train.max_iters
+    for group, lr in zip(run.optimizer.param_groups, run.scheduler.lrs_at(start)):
+        group["lr"] = lr
+    if acc.scaler is not None and ckpt.get("scaler") is not None:
+        acc.scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt.get("rng") or []
+    if len(rng) == acc.num_processes:
+        set_rng_state(rng[acc.process_index])
+    else:
+        warnings.warn(
+            f"{path} holds RNG states of {len(rng)} processes, this run has "
+            f"{acc.num_processes}: random draws (dropout) will differ from the original run",
+            stacklevel=2,
+        )
+        torch.manual_seed(cfg.seed + start + acc.process_index)
+    epoch, skip = divmod(start * cfg.train.grad_accum, len(run.train_set) // cfg.data.batch_size)
+    acc.print(f"resumed from {path} at iteration {start}")
+    return TrainState(
+        iteration=start,
+        epoch=epoch,
+        skip=skip,
+        best_miou=_best_miou(ckpt.get("best_miou"), cfg),
+        checkpoint=path,
+        last_ckpt_iter=start,
+    )
+
+
+def _best_miou(saved: float | None, cfg: Config) -> float | None:
+    """The best mIoU so far: the checkpoint's, or best.pth's when that is higher (the final
+    evaluation runs after the final checkpoint, so best.pth may know a newer value)."""
+    best = checkpoint_dir(cfg.output_dir) / "best.pth"
+    if best.is_file():
+        try:
+            other = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
+            other = other.get("best_miou") if isinstance(other, dict) else None
+        except Exception:  # an unreadable best.pth is replaced by the next better one
+            other = None
+        if isinstance(other, float) and (saved is None or other > saved):
+            return other
+    return saved
+
+
+def _start_files(run: Run, state: TrainState, resumed: Path | None) -> None:
+    """config.yaml (atomic) and the log with its start marker (main process)."""
+    if not run.is_main:
+        return
+    atomic_write_text(run.out_dir / "config.yaml", run.cfg.to_yaml())
+    run.logger = RunLogger(run.out_dir, tensorboard=run.cfg.logging.tensorboard)
+    run.logger.log(
+        {
+            "type": "start",
+            "iter": state.iteration,
+            "resumed_from": None if resumed is None else str(resumed),
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------ the loop
+
+
+class _Window:
+    """Training-loss and speed statistics between two log lines."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self.lr = self.lr_head = 0.0
+
+    def reset(self) -> None:
+        self.loss, self.parts, self.n, self.iters = 0.0, {}, 0, 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: float, parts: dict[str, Any]) -> None:
+        self.loss += loss
+        for k, v in parts.items():
+            self.parts[k] = self.parts.get(k, 0.0) + float(v)
+        self.n += 1
+
+
+def _train_step(run: Run, state: TrainState, batch: dict[str, Any], window: _Window) -> bool:
+    """One forward/backward (one micro-batch); True when it completed an optimizer step."""
+    acc, cfg = run.accelerator, run.cfg
+    with acc.accumulate(run.model):
+        outputs = run.model(batch["image"])
+        loss, parts = run.criterion(outputs, batch["label"])
+        mean_loss = acc.reduce(loss.detach(), reduction="mean")
+        if not torch.isfinite(mean_loss):
+            _diverged(
+                run,
+                state,
+                f"loss is {mean_loss.item()} at iteration {state.iteration + 1} "
+                f"(epoch {state.epoch})",
+            )
+        acc.backward(loss)
+        if acc.sync_gradients and cfg.train.clip_grad is not None:
+            acc.clip_grad_norm_(run.model.parameters(), cfg.train.clip_grad)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    window.add(mean_loss.item(), parts)
+    if not acc.sync_gradients:
+        return False
+    window.lr = run.optimizer.param_groups[0]["lr"]  # the LR this step used
+    window.lr_head = run.optimizer.param_groups[-1]["lr"]
+    run.scheduler.step()
+    state.iteration += 1
+    window.iters += 1
+    return True
+
+
+def _log_train(run: Run, state: TrainState, window: _Window, bar: Any) -> None:
+    acc = run.accelerator
+    elapsed = time.perf_counter() - window.start
+    names = sorted(window.parts)
+    parts_mean = (
+        acc.reduce(
+            torch.tensor([window.parts[k] / window.n for k in names], device=acc.device),
+            reduction="mean",
+        ).tolist()
+        if names
+        else []
+    )
+    images = run.cfg.data.batch_size * run.cfg.train.grad_accum * window.iters
+    record = {
+        "type": "train",
+        "iter": state.iteration,
+        "epoch": state.epoch,
+        "loss": window.loss / window.n,
+        "lr": window.lr,
+        **dict(zip(names, parts_mean)),
+        "lr_head": window.lr_head,
+        "time_per_iter": elapsed / window.iters,
+        "images_per_s": images / max(elapsed, 1e-9),
+    }
+    if torch.cuda.is_available() and acc.device.type == "cuda":
+        record["max_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if run.logger is not None:
+        run.logger.log(record)
+    bar.set_postfix(
+        loss=f"{record['loss']:.4f}", lr=f"{window.lr:.2e}", img_s=f"{record['images_per_s']:.1f}"
+    )
+    window.reset()
+
+
+def _after_step(run: Run, state: TrainState, window: _Window, bar: Any) -> None:
+    """Logging, periodic evaluation and checkpoint after an optimizer step."""
+    cfg, it = run.cfg, state.iteration
+    if it % cfg.train.log_interval == 0 or it == cfg.train.max_iters:
+        _log_train(run, state, window, bar)
+    not_last = it < cfg.train.max_iters
+    due_eval = bool(cfg.evaluation.interval) and it % cfg.evaluation.interval == 0 and not_last
+    due_ckpt = bool(cfg.checkpoint.interval) and it % cfg.checkpoint.interval == 0 and not_last
+    if due_eval or due_ckpt:
+        _check_weights(run, state)
+    metrics_now = _evaluate_or_fail(run, state) if due_eval else None
+    if due_ckpt:
+        _save(run, state, metrics_now)
+
+
+def _train_loop(run: Run, state: TrainState) -> None:
     from tqdm.auto import tqdm
 
+    cfg, acc = run.cfg, run.accelerator
+    bar = tqdm(
+        total=cfg.train.max_iters,
+        initial=state.iteration,
+        desc="train",
+        unit="it",
+        dynamic_ncols=True,
+        disable=not (acc.is_local_main_process and cfg.logging.progress_bar),
+    )
+    window = _Window()
+    run.model.train()
+    try:
+        while state.iteration < cfg.train.max_iters:
+            run.sampler.start = state.skip * cfg.data.batch_size  # resume mid-epoch
+            state.skip = 0
+            run.train_loader.set_epoch(state.epoch)
+            run.train_set.set_epoch(state.epoch)
+            run.loader_generator.manual_seed(cfg.seed * 1_000_003 + state.epoch)
+            for batch in _batches(run, state):
+                if not _train_step(run, state, batch, window):
+                    continue
+                bar.update(1)
+                with contextlib.suppress(_StopNow):  # a stop signal during an evaluation
+                    _after_step(run, state, window, bar)
+                if run.stop.requested(acc):
+                    _stop(run, state)
+                if state.iteration >= cfg.train.max_iters:
+                    break
+            else:
+                state.epoch += 1
+    finally:
+        bar.close()
+
+
+def _batches(run: Run, state: TrainState) -> Any:
+    """The epoch's batches; a dataset error names the last checkpoint (one is written first
+    when the run is a single process and it is behind)."""
+    from seg_data import DatasetError
+
+    it = iter(run.train_loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except DatasetError as exc:
+            behind = state.iteration > max(state.last_ckpt_iter, 0)
+            if run.accelerator.num_processes == 1 and behind:
+                _save(run, state, None)
+            where = state.checkpoint or "none"
+            raise type(exc)(
+                f"{exc} [training stopped at iteration {state.iteration}; newest checkpoint: "
+                f"{where}; fix the file and continue with --resume auto]"
+            ) from exc
+        yield batch
+
+
+# ---------------------------------------------------------------------- saving and stopping
+
+
+def _check_weights(run: Run, state: TrainState) -> None:
+    """Stop (TrainingDiverged) when weights or optimizer state hold NaN/inf, before they are
+    evaluated or written: every checkpoint on disk is finite."""
+    model = run.accelerator.unwrap_model(run.model)
+    bad = non_finite(model.state_dict(), run.optimizer.state_dict())
+    flag = torch.tensor([float(bool(bad))], device=run.accelerator.device)
+    if run.accelerator.num_processes > 1:
+        flag = run.accelerator.reduce(flag, reduction="sum")
+    if flag.item() > 0:
+        names = ", ".join(bad) if bad else "on another process"
+        _diverged(
+            run,
+            state,
+            f"the weights are not finite after iteration {state.iteration} ({names}); no "
+            "checkpoint was written with them",
+        )
+
+
+def _diverged(run: Run, state: TrainState, what: str) -> None:
+    last = state.checkpoint if state.checkpoint is not None else "none (no checkpoint yet)"
+    msg = (
+        f"{what}; training stopped. Last good checkpoint: {last}. Lower optimizer.lr, set "
+        "train.clip_grad or check the data, then resume with --resume auto or a checkpoint "
+        "path."
+    )
+    if run.logger is not None:
+        run.logger.log({"type": "error", "iter": state.iteration + 1, "message": msg})
+    raise TrainingDiverged(msg)
+
+
+def _save(run: Run, state: TrainState, metrics: dict[str, Any] | None) -> Path:
+    """Write iter_<iteration>.pth (all state, every process's RNG) and prune old ones."""
+    from accelerate.utils import gather_object
+
+    acc = run.accelerator
+    _check_weights(run, state)
+    rng_all = gather_object([get_rng_state()])  # every process's RNG, in rank order
+    model_state = acc.get_state_dict(run.model)
+    path = checkpoint_dir(run.out_dir) / f"iter_{state.iteration:07d}.pth"
+    if run.is_main:
+        ckpt = {
+            "format": CHECKPOINT_FORMAT,
+            "iteration": state.iteration,
+            "epoch": state.epoch,
+            "model": model_state,
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+            "rng": rng_all,
+            "config": run.cfg.to_dict(),
+            "best_miou": state.best_miou,
+            "metrics": metrics,
+            "world_size": acc.num_processes,
+        }
+        save_checkpoint(ckpt, path)
+        prune_checkpoints(run.out_dir, run.cfg.checkpoint.keep_last)
+    acc.wait_for_everyone()
+    state.checkpoint, state.last_ckpt_iter = path, state.iteration
+    return path
+
+
+def _stop(run: Run, state: TrainState) -> None:
+    """After a stop signal: write a checkpoint of the finished step and raise."""
+    if state.iteration > state.last_ckpt_iter and state.iteration > 0:
+        _save(run, state, None)
+    name = run.stop.name or "a signal"
+    path = state.checkpoint
+    if run.logger is not None:
+        run.logger.log(
+            {"type": "stop", "iter": state.iteration, "signal": name, "checkpoint": str(path)}
+        )
+    written = (
+        f"checkpoint {path} holds iteration {state.iteration}; continue with --resume auto"
+        if path is not None
+        else "no checkpoint (no iteration had finished)"
+    )
+    raise TrainingInterrupted(
+        f"{name}: stopped after iteration {state.iteration} of {run.cfg.train.max_iters}; "
+        + written,
+        signal_name=name,
+        checkpoint=path,
+    )
+
+
+# ------------------------------------------------------------------------------- evaluation
+
+
+def _evaluate(run: Run, state: TrainState, save_dir: Path | None = None) -> dict[str, Any]:
+    """Evaluate on every process; log; keep best.pth when the mIoU improved."""
     from .evaluate import evaluate
 
+    cfg, acc = run.cfg, run.accelerator
+    ev = cfg.evaluation
+    _broadcast_buffers(acc.unwrap_model(run.model), acc)
+    result = evaluate(
+        run.model,
+        run.val_loader,
+        acc,
+        num_classes=cfg.model.num_classes,
+        ignore_index=cfg.loss.ignore_index,
+        mode=ev.mode,
+        crop_size=ev.crop_size,
+        stride=ev.stride,
+        scales=tuple(ev.scales),
+        flip=ev.flip,
+        align_corners=cfg.model.align_corners,
+        class_names=run.class_names,
+        palette=getattr(run.val_set, "palette", None),
+        progress=cfg.logging.progress_bar,
+        save_dir=save_dir,
+        check_stop=run.stop.check if acc.num_processes == 1 else None,
+    )
+    run.model.train()
+    metrics = _metrics_dict(result)
+    state.metrics, state.last_eval_iter = metrics, state.iteration
+    if run.logger is not None:
+        run.logger.log({"type": "val", "iter": state.iteration, **_headline(metrics)})
+    miou = metrics["mIoU"]
+    if miou is not None and (state.best_miou is None or miou > state.best_miou):
+        state.best_miou = miou
+        if cfg.checkpoint.keep_best:
+            model_state = acc.get_state_dict(run.model)
+            if run.is_main:
+                best = {
+                    "format": CHECKPOINT_FORMAT,
+                    "iteration": state.iteration,
+                    "model": model_state,
+                    "config": cfg.to_dict(),
+                    "metrics": metrics,
+                    "best_miou": miou,
+                }
+                save_checkpoint(best, checkpoint_dir(run.out_dir) / "best.pth")
+            acc.wait_for_everyone()
+    return metrics
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in ("mIoU", "mAcc", "aAcc")}
+
+
+def _evaluate_or_fail(
+    run: Run, state: TrainState, save_dir: Path | None = None, *, final: bool = False
+) -> dict[str, Any]:
+    """:func:`_evaluate`; a failure becomes :class:`EvaluationFailed` with every checkpoint
+    in place (a periodic one first writes the checkpoint of this iteration)."""
+    try:
+        return _evaluate(run, state, save_dir)
+    except (_StopNow, TrainingInterrupted, TrainingDiverged):
+        raise
+    except Exception as exc:
+        cause = f"{type(exc).__name__}: {exc}"
+        behind = state.last_ckpt_iter < state.iteration
+        if not final and run.accelerator.num_processes == 1 and behind:
+            _save(run, state, None)
+        where = state.checkpoint or "none"
+        what = "final evaluation" if final else f"evaluation at iteration {state.iteration}"
+        msg = (
+            f"the {what} failed ({cause}). Nothing is lost: checkpoint {where} holds "
+            f"iteration {state.iteration} and every checkpoint is in place. Fix the cause, "
+            f"then evaluate with seg-eval --checkpoint {where}"
+            + ("" if final else " or continue with --resume auto")
+        )
+        if run.logger is not None:
+            run.logger.log({"type": "error", "iter": state.iteration, "message": msg})
+        raise EvaluationFailed(msg) from exc
+
+
+def _finish(run: Run, state: TrainState) -> TrainResult:
+    """The final checkpoint (first, so nothing can lose it), final evaluation, files."""
+    cfg, acc = run.cfg, run.accelerator
+    if state.last_ckpt_iter != state.iteration:
+        _save(run, state, state.metrics)
+    save_dir = run.out_dir / "predictions" if cfg.evaluation.save_predictions else None
+    if state.last_eval_iter != state.iteration or save_dir is not None:
+        try:
+            _evaluate_or_fail(run, state, save_dir, final=True)
+        except _StopNow:
+            raise TrainingInterrupted(
+                f"{run.stop.name}: stopped during the final evaluation; checkpoint "
+                f"{state.checkpoint} holds all {state.iteration} iterations (evaluate it with "
+                "seg-eval)",
+                signal_name=run.stop.name or "a signal",
+                checkpoint=state.checkpoint,
+            ) from None
+    files: dict[str, Path] = {}
+    if run.is_main:
+        files = _write_outputs(run, state)
+    acc.wait_for_everyone()
+    return TrainResult(
+        iteration=state.iteration,
+        metrics=state.metrics,
+        best_miou=state.best_miou,
+        checkpoint=state.checkpoint,
+        files=files,
+    )
+
+
+def _write_outputs(run: Run, state: TrainState) -> dict[str, Path]:
+    """metrics.json, pictures and the summary (main process)."""
+    out, cfg = run.out_dir, run.cfg
+    assert run.logger is not None
+    run.logger.close()
+    files: dict[str, Path] = {"checkpoint": state.checkpoint}  # type: ignore[dict-item]
+    if (checkpoint_dir(out) / "best.pth").exists():
+        files["best"] = checkpoint_dir(out) / "best.pth"
+    files["config"] = out / "config.yaml"
+    files["log"] = out / "log.jsonl"
+    summary = {"iter": state.iteration, "class_names": run.class_names, **(state.metrics or {})}
+    files["metrics"] = atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2))
+    try:
+        model = run.accelerator.unwrap_model(run.model)
+        files.update(_save_pictures(cfg, model, run.val_set, run.accelerator.device))
+    except Exception as exc:  # pictures are a convenience: never fail a finished run
+        warnings.warn(f"could not draw the pictures: {type(exc).__name__}: {exc}", stacklevel=2)
+    if cfg.evaluation.save_predictions:
+        files["predictions"] = out / "predictions"
+    width = max(len(k) for k in files)
+    lines = [f"  {k:<{width}}  {v}" for k, v in files.items()]
+    miou = (state.metrics or {}).get("mIoU")
+    run.accelerator.print(
+        f"done: {state.iteration} iterations, val mIoU "
+        f"{miou if miou is None else f'{miou:.4f}'}; outputs in {out}:\n" + "\n".join(lines)
+    )
+    return files
+
+
+def train(
+    cfg: Config, *, cpu: bool = False, resume: str | None = None, overwrite: bool = False
+) -> TrainResult:
+    """Run (or continue) the training described by ``cfg``.
+
+    Args:
+        resume: ``None`` (a fresh run; an output_dir holding checkpoints is refused),
+            ``"auto"`` (the newest readable iter_*.pth, or a fresh start saying so),
+            ``"must"`` (the newest readable iter_*.pth, an error when there is none)
+            or a checkpoint path.
+        overwrite: a fresh run may replace the checkpoints and logs of a previous run.
+
+    Raises:
+        ConfigError: the config cannot be built or does not fit the dataset (names the key).
+        CheckpointError: the checkpoint is corrupt or does not fit ``cfg``; the folder
+            holds checkpoints and neither ``resume`` nor ``overwrite`` was given.
+        seg_data.DatasetError: a data file is missing or corrupt (names it).
+        OutputDirBusy, StorageError: the folder is locked by another run / not writable.
+        TrainingDiverged: the loss or the weights became NaN/inf.
+        TrainingInterrupted: SIGTERM/SIGINT; a checkpoint of the last step was written.
+        EvaluationFailed: an evaluation failed; every checkpoint is in place.
+    """
+    if resume is not None and overwrite:
+        raise ConfigError("--overwrite starts a new run: it cannot be combined with --resume")
     accelerator = _make_accelerator(cfg, cpu=cpu)
-    is_main = accelerator.is_main_process
-    out_dir = Path(cfg.output_dir)
     world = accelerator.num_processes
     if cfg.data.batch_size % world:
         raise ConfigError(
@@ -266,321 +1062,40 @@ def train(cfg: Config, *, cpu: bool = False, resume: str | None = None) -> Train
             f"divisible by the {world} processes; use a multiple of {world}"
         )
     _seed_everything(cfg.seed, deterministic=cfg.deterministic)
-
-    resumed = _resolve_resume(resume, cfg)
-    if resumed is not None:
-        _check_compatible(resumed[1]["config"], cfg, resumed[0])
-    start_iter = int(resumed[1]["iteration"]) if resumed else 0
-
-    # ---- data, model, optimizer: one prepare
-    train_loader, val_loader, train_set, val_set = get_dataloaders(cfg)
-    sampler = train_loader.sampler
-    loader_generator = train_loader.generator
-    model, optimizer, scheduler, criterion = build(cfg, accelerator)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    criterion = criterion.to(accelerator.device)
-    num_classes = cfg.model.num_classes
-    ignore_index = cfg.loss.ignore_index
-    class_names = list(getattr(val_set, "classes", None) or []) or None
-    palette = getattr(val_set, "palette", None)
-
-    best_miou: float | None = None
-    ckpt_path: Path | None = None
-    if resumed is not None:
-        path, state = resumed
-        lacking = [k for k in ("optimizer", "scheduler") if k not in state]
-        if lacking:
-            raise CheckpointError(
-                f"{path} holds no {' / '.join(lacking)} state (best.pth and seg-convert files "
-                "hold only the model): resume from an iter_*.pth checkpoint, or start a new run "
-                "with model.pretrained_backbone / seg-eval for evaluation"
-            )
-        try:
-            accelerator.unwrap_model(model).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(
-                f"{path}: does not fit the model/optimizer built from the config: {exc}"
-            ) from None
-        # The schedule follows the config (e.g. a longer max_iters), at the saved iteration.
-        scheduler.max_iters = cfg.train.max_iters
-        for group, lr in zip(optimizer.param_groups, scheduler.lrs_at(start_iter)):
-            group["lr"] = lr
-        if accelerator.scaler is not None and state.get("scaler") is not None:
-            accelerator.scaler.load_state_dict(state["scaler"])
-        rng = state.get("rng") or []
-        if len(rng) == world:
-            set_rng_state(rng[accelerator.process_index])
-        else:
-            warnings.warn(
-                f"{path} holds RNG states of {len(rng)} processes, this run has {world}: "
-                "random draws (dropout) will differ from the original run",
-                stacklevel=2,
-            )
-            torch.manual_seed(cfg.seed + start_iter + accelerator.process_index)
-        best_miou = state.get("best_miou")
-        ckpt_path = path
-        accelerator.print(f"resumed from {path} at iteration {start_iter}")
-    else:
-        torch.manual_seed(cfg.seed + accelerator.process_index)  # per-process dropout streams
-
-    # ---- output folder, resolved config, logs (main process)
-    logger: RunLogger | None = None
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-        log_path = out_dir / "log.jsonl"
-        if log_path.exists():  # drop records of iterations that will be redone
-            keep = []
-            for line in log_path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if resumed is not None and int(rec.get("iter", 0)) <= start_iter:
-                    keep.append(line)
-            log_path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-        logger = RunLogger(out_dir, tensorboard=cfg.logging.tensorboard)
-    accelerator.wait_for_everyone()
-
-    eval_kwargs = dict(
-        num_classes=num_classes,
-        ignore_index=ignore_index,
-        mode=cfg.evaluation.mode,
-        crop_size=cfg.evaluation.crop_size,
-        stride=cfg.evaluation.stride,
-        scales=tuple(cfg.evaluation.scales),
-        flip=cfg.evaluation.flip,
-        align_corners=cfg.model.align_corners,
-        class_names=class_names,
-        palette=palette,
-        progress=cfg.logging.progress_bar,
-    )
-
-    def run_eval(iteration: int, *, save_dir: Path | None = None) -> dict[str, Any]:
-        """Evaluate on every process; log; keep best.pth when the mIoU improved."""
-        nonlocal best_miou
-        _broadcast_buffers(accelerator.unwrap_model(model), accelerator)
-        result = evaluate(model, val_loader, accelerator, save_dir=save_dir, **eval_kwargs)
-        model.train()
-        metrics = _metrics_dict(result)
-        if logger is not None:
-            logger.log(
-                {
-                    "type": "val",
-                    "iter": iteration,
-                    "mIoU": metrics["mIoU"],
-                    "mAcc": metrics["mAcc"],
-                    "aAcc": metrics["aAcc"],
-                }
-            )
-        miou = metrics["mIoU"]
-        if miou is not None and (best_miou is None or miou > best_miou):
-            best_miou = miou
-            if cfg.checkpoint.keep_best:
-                model_state = accelerator.get_state_dict(model)
-                if is_main:
-                    best = {
-                        "format": CHECKPOINT_FORMAT,
-                        "iteration": iteration,
-                        "model": model_state,
-                        "config": cfg.to_dict(),
-                        "metrics": metrics,
-                        "best_miou": best_miou,
-                    }
-                    save_checkpoint(best, checkpoint_dir(out_dir) / "best.pth")
-                accelerator.wait_for_everyone()
-        return metrics
-
-    def save(iteration: int, epoch: int, metrics: dict[str, Any] | None) -> Path:
-        """Write iter_<iteration>.pth (all state, every process's RNG) and prune old ones."""
-        rng_all = gather_object([get_rng_state()])  # every process's RNG, in rank order
-        model_state = accelerator.get_state_dict(model)
-        path = checkpoint_dir(out_dir) / f"iter_{iteration:07d}.pth"
-        if is_main:
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "iteration": iteration,
-                "epoch": epoch,
-                "model": model_state,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": accelerator.scaler.state_dict()
-                if accelerator.scaler is not None
-                else None,
-                "rng": rng_all,
-                "config": cfg.to_dict(),
-                "best_miou": best_miou,
-                "metrics": metrics,
-                "world_size": world,
-            }
-            save_checkpoint(state, path)
-            prune_checkpoints(out_dir, cfg.checkpoint.keep_last)
+    stop = _StopSignal()
+    state = TrainState()
+    run: Run | None = None
+    with ExitStack() as stack:
+        if accelerator.is_main_process:
+            lock = stack.enter_context(RunLock(cfg.output_dir))
+            if lock.stale:
+                _note(
+                    accelerator,
+                    f"took over the stale lock of a run that is gone (pid {lock.stale.get('pid')} "
+                    f"on host {lock.stale.get('host')} is no longer running)",
+                )
+            _tidy_output_dir(cfg, resume, overwrite)
         accelerator.wait_for_everyone()
-        return path
-
-    # ---- the loop
-    max_iters = cfg.train.max_iters
-    accum = cfg.train.grad_accum
-    batches_per_epoch = len(train_set) // cfg.data.batch_size
-    epoch, skip = divmod(start_iter * accum, batches_per_epoch)
-    iteration = start_iter
-    last_eval_iter = last_ckpt_iter = -1
-    metrics: dict[str, Any] | None = None
-    images_per_iter = cfg.data.batch_size * accum
-    bar = tqdm(
-        total=max_iters,
-        initial=start_iter,
-        desc="train",
-        unit="it",
-        dynamic_ncols=True,
-        disable=not (accelerator.is_local_main_process and cfg.logging.progress_bar),
-    )
-    window_loss, window_parts, window_n = 0.0, {}, 0
-    window_start = time.perf_counter()
-    window_iters = 0
-    model.train()
-    try:
-        while iteration < max_iters:
-            sampler.start = skip * cfg.data.batch_size  # resume mid-epoch: skip seen batches
-            skip = 0
-            train_loader.set_epoch(epoch)
-            train_set.set_epoch(epoch)
-            loader_generator.manual_seed(cfg.seed * 1_000_003 + epoch)
-            for batch in train_loader:
-                with accelerator.accumulate(model):
-                    outputs = model(batch["image"])
-                    loss, parts = criterion(outputs, batch["label"])
-                    mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
-                    if not torch.isfinite(mean_loss):
-                        last = ckpt_path if ckpt_path is not None else "none (no checkpoint yet)"
-                        msg = (
-                            f"loss is {mean_loss.item()} at iteration {iteration + 1} (epoch {epoch}); "
-                            f"training stopped. Last good checkpoint: {last}. Lower optimizer.lr, "
-                            "set train.clip_grad or check the data, then resume with --resume "
-                            "auto or a checkpoint path."
-                        )
-                        if logger is not None:
-                            logger.log({"type": "error", "iter": iteration + 1, "message": msg})
-                        raise TrainingDiverged(msg)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.train.clip_grad is not None:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                window_loss += mean_loss.item()
-                for k, v in parts.items():
-                    window_parts[k] = window_parts.get(k, 0.0) + float(v)
-                window_n += 1
-                if not accelerator.sync_gradients:
-                    continue
-
-                # ---- one optimizer step done
-                lr = optimizer.param_groups[0]["lr"]  # the LR this step used
-                lr_head = optimizer.param_groups[-1]["lr"]
-                scheduler.step()
-                iteration += 1
-                window_iters += 1
-                bar.update(1)
-                if iteration % cfg.train.log_interval == 0 or iteration == max_iters:
-                    elapsed = time.perf_counter() - window_start
-                    parts_mean = (
-                        accelerator.reduce(
-                            torch.tensor(
-                                [window_parts.get(k, 0.0) / window_n for k in sorted(window_parts)],
-                                device=accelerator.device,
-                            ),
-                            reduction="mean",
-                        ).tolist()
-                        if window_parts
-                        else []
-                    )
-                    record = {
-                        "type": "train",
-                        "iter": iteration,
-                        "epoch": epoch,
-                        "loss": window_loss / window_n,
-                        "lr": lr,
-                        **{k: v for k, v in zip(sorted(window_parts), parts_mean)},
-                        "lr_head": lr_head,
-                        "time_per_iter": elapsed / window_iters,
-                        "images_per_s": images_per_iter * window_iters / max(elapsed, 1e-9),
-                    }
-                    if torch.cuda.is_available() and accelerator.device.type == "cuda":
-                        record["max_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-                    if logger is not None:
-                        logger.log(record)
-                    bar.set_postfix(
-                        loss=f"{record['loss']:.4f}",
-                        lr=f"{lr:.2e}",
-                        img_s=f"{record['images_per_s']:.1f}",
-                    )
-                    window_loss, window_parts, window_n = 0.0, {}, 0
-                    window_start, window_iters = time.perf_counter(), 0
-                metrics_now = None
-                if (
-                    cfg.evaluation.interval
-                    and iteration % cfg.evaluation.interval == 0
-                    and iteration < max_iters
-                ):
-                    metrics_now = metrics = run_eval(iteration)
-                    last_eval_iter = iteration
-                if (
-                    cfg.checkpoint.interval
-                    and iteration % cfg.checkpoint.interval == 0
-                    and iteration < max_iters
-                ):
-                    ckpt_path = save(iteration, epoch, metrics_now)
-                    last_ckpt_iter = iteration
-                if iteration >= max_iters:
-                    break
-            else:
-                epoch += 1
-                continue
-            break
-    finally:
-        bar.close()
-
-    # ---- the end: final evaluation and checkpoint, pictures, summary
-    files: dict[str, Path] = {}
-    save_dir = out_dir / "predictions" if cfg.evaluation.save_predictions else None
-    if last_eval_iter != iteration or save_dir is not None:
-        metrics = run_eval(iteration, save_dir=save_dir)
-    if last_ckpt_iter != iteration:
-        ckpt_path = save(iteration, epoch, metrics)
-    if is_main:
-        assert logger is not None
-        logger.close()
-        files["checkpoint"] = ckpt_path  # type: ignore[assignment]
-        if (checkpoint_dir(out_dir) / "best.pth").exists():
-            files["best"] = checkpoint_dir(out_dir) / "best.pth"
-        files["config"] = out_dir / "config.yaml"
-        files["log"] = out_dir / "log.jsonl"
-        metrics_path = out_dir / "metrics.json"
-        metrics_path.write_text(
-            json.dumps(
-                {"iter": iteration, "class_names": class_names, **(metrics or {})}, indent=2
-            ),
-            encoding="utf-8",
-        )
-        files["metrics"] = metrics_path
-        files.update(
-            _save_pictures(cfg, accelerator.unwrap_model(model), val_set, accelerator.device)
-        )
-        if save_dir is not None:
-            files["predictions"] = save_dir
-        width = max(len(k) for k in files)
-        lines = [f"  {k:<{width}}  {v}" for k, v in files.items()]
-        miou = metrics["mIoU"] if metrics else None
-        accelerator.print(
-            f"done: {iteration} iterations, val mIoU {miou if miou is None else f'{miou:.4f}'}; "
-            f"outputs in {out_dir}:\n" + "\n".join(lines)
-        )
-    accelerator.wait_for_everyone()
-    return TrainResult(
-        iteration=iteration, metrics=metrics, best_miou=best_miou, checkpoint=ckpt_path, files=files
-    )
+        resumed = _resolve_resume(resume, cfg, accelerator)
+        if resumed is not None:
+            _check_compatible(resumed[1]["config"], cfg, resumed[0])
+        run = _build_run(cfg, accelerator, stop)
+        stack.callback(lambda: run.logger.close() if run.logger is not None else None)
+        preflight(run)
+        state = _restore(run, resumed)
+        _start_files(run, state, None if resumed is None else resumed[0])
+        accelerator.wait_for_everyone()
+        stack.callback(stop.restore)
+        stop.install()
+        try:
+            _train_loop(run, state)
+            return _finish(run, state)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                "second Ctrl-C: stopped at once, without saving; newest checkpoint: "
+                f"{state.checkpoint or 'none'}"
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _save_pictures(
@@ -644,7 +1159,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seg-train",
         description="Train a PKUSeg segmentation model from a YAML config (run under "
-        "`accelerate launch` for several GPUs or nodes).",
+        "`accelerate launch` for several GPUs or nodes). Exit codes: 0 done, 2 config, "
+        "3 checkpoint, 4 diverged, 5 data, 6 output_dir busy, 7 storage, 8 evaluation "
+        "failed (checkpoints kept), 75 stopped by a signal (checkpoint written).",
     )
     p.add_argument("--config", required=True, help="YAML config file (see apps/trainer/configs/)")
     p.add_argument(
@@ -659,29 +1176,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="run on CPU (Accelerator(cpu=True))")
     p.add_argument(
         "--resume",
-        metavar="auto|PATH",
+        metavar="auto|must|PATH",
         default=None,
-        help="continue a run: 'auto' = newest readable checkpoint in output_dir, or a checkpoint path",
+        help="continue a run: 'auto' = newest readable checkpoint in output_dir (a fresh "
+        "start when there is none, said so), 'must' = the same but an error when there is "
+        "none, or a checkpoint path",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an output_dir that holds a previous run's checkpoints, "
+        "deleting them (without it such a folder is refused)",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks of reported errors")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, train, return the exit status (errors are printed, not raised)."""
     args = _parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         cfg = load_config(args.config, args.overrides)
-        train(cfg, cpu=args.cpu, resume=args.resume)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"seg-train: config error: {exc}", file=sys.stderr)
-        return 2
-    except CheckpointError as exc:
-        print(f"seg-train: checkpoint error: {exc}", file=sys.stderr)
-        return 3
-    except TrainingDiverged as exc:
-        print(f"seg-train: {exc}", file=sys.stderr)
-        return 4
-    return 0
+        train(cfg, cpu=args.cpu, resume=args.resume, overwrite=args.overwrite)
+        return 0
+
+    return report_errors("seg-train", run, debug=args.debug)
 
 
 def cli() -> None:

@@ -8,8 +8,6 @@ plain numpy and are also used by ``seg-eval`` and ``seg-infer``.
 
 from __future__ import annotations
 
-import json
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +15,8 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from .logging_utils import read_log
 
 __all__ = ["colorize", "overlay", "save_prediction_grid", "save_training_curves"]
 
@@ -36,21 +36,47 @@ def _palette(palette: ArrayLike | Sequence[Sequence[int]]) -> np.ndarray:
     return pal.astype(np.uint8)
 
 
+#: rows processed at a time by colorize/overlay: their temporaries stay a few MB wide,
+#: whatever the image size (an 8000 x 6000 overlay never builds full-size float arrays)
+CHUNK_ROWS = 256
+
+
 def colorize(
     mask: ArrayLike, palette: ArrayLike | Sequence[Sequence[int]], *, ignore_index: int = 255
 ) -> np.ndarray:
     """``H x W`` class indices -> ``H x W x 3`` uint8 colours; ``ignore_index`` is black."""
-    m = _numpy(mask).astype(np.int64)
+    m = _numpy(mask)
     pal = _palette(palette)
+    out = np.zeros((*m.shape, 3), dtype=np.uint8)
+    for r in range(0, max(m.shape[0], 1), CHUNK_ROWS):
+        _colorize_rows(m[r : r + CHUNK_ROWS], pal, ignore_index, out[r : r + CHUNK_ROWS])
+    return out
+
+
+def _colorize_rows(m: np.ndarray, pal: np.ndarray, ignore_index: int, out: np.ndarray) -> None:
+    if m.dtype == np.uint8 and 0 <= ignore_index <= 255:  # a 256-entry table: fast
+        counts = np.bincount(m.ravel(), minlength=256)
+        counts[ignore_index] = 0
+        present = np.flatnonzero(counts)
+        if present.size and present[-1] >= len(pal):
+            _raise_out_of_range(int(present[-1]), pal, ignore_index)
+        lut = np.zeros((256, 3), dtype=np.uint8)
+        lut[: min(len(pal), 256)] = pal[:256]
+        lut[ignore_index] = 0
+        out[...] = lut[m]
+        return
+    m = m.astype(np.int64)
     valid = m != ignore_index
     if valid.any() and (m[valid].min() < 0 or m[valid].max() >= len(pal)):
-        raise ValueError(
-            f"mask holds class {int(m[valid].max())} but the palette has {len(pal)} colours "
-            f"(classes 0..{len(pal) - 1}, ignore_index={ignore_index})"
-        )
-    out = np.zeros((*m.shape, 3), dtype=np.uint8)
+        _raise_out_of_range(int(m[valid].max()), pal, ignore_index)
     out[valid] = pal[m[valid]]
-    return out
+
+
+def _raise_out_of_range(value: int, pal: np.ndarray, ignore_index: int) -> None:
+    raise ValueError(
+        f"mask holds class {value} but the palette has {len(pal)} colours "
+        f"(classes 0..{len(pal) - 1}, ignore_index={ignore_index})"
+    )
 
 
 def _image_hwc(image: ArrayLike) -> np.ndarray:
@@ -73,16 +99,25 @@ def overlay(
     alpha: float = 0.5,
     ignore_index: int = 255,
 ) -> np.ndarray:
-    """Blend the palette colours of ``mask`` over ``image`` (uint8); ignored pixels keep the image."""
+    """Blend the palette colours of ``mask`` over ``image`` (uint8); ignored pixels keep the image.
+
+    Works on ``CHUNK_ROWS`` rows at a time: memory beyond the output is bounded.
+    """
     img = _image_hwc(image)
     m = _numpy(mask)
     if m.shape != img.shape[:2]:
         raise ValueError(f"mask shape {m.shape} differs from the image's {img.shape[:2]}")
-    colours = colorize(m, palette, ignore_index=ignore_index).astype(np.float32)
-    blended = img.astype(np.float32)
-    valid = m != ignore_index
-    blended[valid] = (1 - alpha) * blended[valid] + alpha * colours[valid]
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    pal = _palette(palette)
+    out = np.empty_like(img)
+    for r in range(0, max(m.shape[0], 1), CHUNK_ROWS):
+        rows = slice(r, r + CHUNK_ROWS)
+        colours = np.zeros((*m[rows].shape, 3), dtype=np.uint8)
+        _colorize_rows(m[rows], pal, ignore_index, colours)
+        base = img[rows].astype(np.float32)
+        mixed = (1 - alpha) * base + alpha * colours.astype(np.float32)
+        blended = np.where((m[rows] != ignore_index)[..., None], mixed, base)
+        out[rows] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def save_prediction_grid(
@@ -143,20 +178,6 @@ def save_prediction_grid(
     return out
 
 
-def _read_log(log_jsonl_path: Path) -> list[dict]:
-    records = []
-    for lineno, line in enumerate(log_jsonl_path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # e.g. the last line of a killed run
-            warnings.warn(
-                f"{log_jsonl_path}:{lineno}: skipping a line that is not JSON", stacklevel=3
-            )
-    return records
-
-
 def save_training_curves(log_jsonl_path: str | Path, png_path: str | Path) -> Path:
     """Plot training loss and validation mIoU against the iteration from ``log.jsonl``.
 
@@ -166,7 +187,7 @@ def save_training_curves(log_jsonl_path: str | Path, png_path: str | Path) -> Pa
     log_path = Path(log_jsonl_path)
     if not log_path.is_file():
         raise FileNotFoundError(f"training log not found: {log_path} (written by seg-train)")
-    records = _read_log(log_path)
+    records = read_log(log_path)  # the records of the run as it stands (resume markers)
     train = [(r["iter"], r["loss"]) for r in records if r.get("type") == "train" and "loss" in r]
     val = [(r["iter"], r["mIoU"]) for r in records if r.get("type") == "val" and "mIoU" in r]
 

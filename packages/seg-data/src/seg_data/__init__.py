@@ -5,7 +5,13 @@
 >>> sample = ds[0]   # {"image": 3xHxW float32, "label": HxW int64 (255 = ignore), "meta": {...}}
 """
 
-from ._errors import CorruptFileError, DatasetError, LabelError, MissingFileError
+from ._errors import (
+    CorruptFileError,
+    DatasetError,
+    LabelError,
+    MissingFileError,
+    UnsupportedImageError,
+)
 from ._io import read_image, read_label
 from .collate import collate, seed_worker
 from .datasets import (
@@ -42,6 +48,7 @@ __all__ = [
     "LabelError",
     "MissingFileError",
     "SegmentationDataset",
+    "UnsupportedImageError",
     "build_transforms",
     "check_dataset",
     "collate",

@@ -7,7 +7,13 @@ FileNotFoundError`` or ``except ValueError`` keep working.
 
 from __future__ import annotations
 
-__all__ = ["CorruptFileError", "DatasetError", "LabelError", "MissingFileError"]
+__all__ = [
+    "CorruptFileError",
+    "DatasetError",
+    "LabelError",
+    "MissingFileError",
+    "UnsupportedImageError",
+]
 
 
 class DatasetError(Exception):
@@ -24,3 +30,7 @@ class CorruptFileError(DatasetError, OSError):
 
 class LabelError(DatasetError, ValueError):
     """A label does not fit its image or its classes (size mismatch, values out of range)."""
+
+
+class UnsupportedImageError(DatasetError, ValueError):
+    """A readable image whose pixel format PKUSeg refuses to guess (float, 32-bit integer)."""

@@ -5,6 +5,11 @@
 image/label size mismatches, label values outside the classes and the ignore index, images
 whose label is all ignore, layout facts (e.g. Cityscapes labelIds vs labelTrainIds files) and
 a per-class pixel histogram. Errors make the command exit with status 1.
+
+Warnings about the split as a whole: classes without a single pixel (never learned, IoU
+undefined), a split that is mostly ignore, and labels holding only class 0 and ignore, the
+signature of binary masks saved as 0/255 (255 reads as ignore: the model learns background
+only and the foreground IoU is 0; the warning spells out the fix).
 """
 
 from __future__ import annotations
@@ -131,4 +136,44 @@ def check_dataset(
     report.pixel_counts, report.image_counts = pixel_counts, image_counts
     if report.num_checked and pixel_counts.sum() == 0:
         report.errors.append("no labelled pixel in the whole split")
+    elif report.num_checked:
+        report.warnings.extend(_split_warnings(report))
     return report
+
+
+#: share of ignore pixels above which a split is reported as "mostly ignore"
+MOSTLY_IGNORE = 0.5
+
+
+def _split_warnings(report: CheckReport) -> list[str]:
+    """Warnings about the split's class histogram as a whole (zero classes, ignore, 0/255)."""
+    counts, ignore = report.pixel_counts, report.ignore_pixels
+    where = f"split {report.split!r} ({report.num_checked} labels checked)"
+    out = []
+    if len(counts) > 1 and counts[0] > 0 and counts[1:].sum() == 0 and ignore > 0:
+        out.append(
+            f"{where}: every label holds only class 0 and ignore ({IGNORE_INDEX}): these look "
+            f"like binary masks saved as 0/255. {IGNORE_INDEX} is read as ignore, so the model "
+            "learns background only and the foreground IoU is 0. If 255 means foreground, map "
+            "it to class 1: for the folder dataset set dataset_options: {binary_mask: true} "
+            "(0 -> background, 255 -> foreground, 2 classes), or rewrite the masks as 0/1 "
+            "(label_map {255: 1}); reduce_zero_label is NOT the fix (it would make the "
+            "background void)."
+        )
+        return out
+    total = int(counts.sum()) + ignore
+    if ignore > MOSTLY_IGNORE * total:
+        out.append(
+            f"{where}: {ignore / total:.0%} of the pixels are ignore ({IGNORE_INDEX}); only "
+            f"{int(counts.sum())} of {total} pixels are trained on and evaluated. Check the "
+            "label mapping (ignore_value, reduce_zero_label, label ids vs train ids)."
+        )
+    empty = [f"{k} {report.classes[k]!r}" for k in np.flatnonzero(counts == 0)]
+    if empty:
+        out.append(
+            f"{where}: {len(empty)} class(es) have no pixel: {', '.join(empty[:20])}"
+            f"{' ...' if len(empty) > 20 else ''}. They are never learned from this split "
+            "and their IoU is undefined (NaN, left out of the mean); check classes / "
+            "num_classes and the label values."
+        )
+    return out

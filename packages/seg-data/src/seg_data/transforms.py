@@ -608,7 +608,10 @@ class Normalize:
         if self.to_bgr:
             img = img[..., ::-1]
         out = dict(sample)
-        out["image"] = (img.astype(np.float32) - self.mean) * self._inv_std
+        x = img.astype(np.float32)  # a copy; then in place: one float image, not three
+        x -= self.mean
+        x *= self._inv_std
+        out["image"] = x
         return out
 
     def __repr__(self) -> str:

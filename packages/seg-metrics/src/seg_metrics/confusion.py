@@ -28,6 +28,10 @@ _CHECKS = ("auto", "eager", "deferred")
 _INT64_MAX = torch.iinfo(torch.int64).max
 _MAX_FAST_BINS = 1 << 22  # histogram bins the eager fast path may allocate ((ignore+1) * K)
 _SHOW = 10  # bad values named in an error message
+_NAN_NOTE = (
+    "; -1 marks pixels whose logits hold NaN (when logits were passed): the model "
+    "diverged or overflowed, and argmax would have counted them as class 0"
+)
 
 
 def _fmt_values(values: Tensor) -> str:
@@ -150,7 +154,10 @@ class ConfusionMatrix:
                     f"logits have {pred.shape[cdim]} channels (shape {tuple(pred.shape)}) "
                     f"but num_classes={self.num_classes}"
                 )
-            return pred.argmax(cdim), False  # argmax over K channels is always in range
+            # argmax over K channels is in range, but NaN logits would read as class 0 (the
+            # first NaN wins): mark those pixels -1 so the range check reports them
+            labels = pred.argmax(cdim)
+            return torch.where(pred.isnan().any(cdim), -1, labels), True
         if pred.dim() != target.dim() or pred.shape != target.shape:
             raise ValueError(
                 f"shape mismatch: pred {tuple(pred.shape)} vs target {tuple(target.shape)}; "
@@ -206,6 +213,7 @@ class ConfusionMatrix:
 
     def _raise_target(self, t: Tensor) -> None:
         k, ig = self.num_classes, self.ignore_index
+        t = t.long()  # an int8 target cannot hold 255: `t != 255` would also drop its -1s
         bad = (t < 0) | (t >= k)
         if ig is not None:
             bad &= t != ig
@@ -223,7 +231,7 @@ class ConfusionMatrix:
         raise ValueError(
             f"pred holds {int(bad.sum())} pixels with values {_fmt_values(values)} outside "
             f"[0, {k}): predictions must be class ids in [0, num_classes) "
-            "(or pass the N x C x H x W logits)"
+            f"(or pass the N x C x H x W logits){_NAN_NOTE if bool((p == -1).any()) else ''}"
         )
 
     def _count_eager(self, p: Tensor, t: Tensor, check_pred: bool) -> Tensor:
@@ -320,7 +328,7 @@ class ConfusionMatrix:
         if bad[1]:
             msgs.append(
                 f"pred held {bad[1]} pixels with values outside [0, {self.num_classes}) "
-                f"(smallest {lo[1]}, largest {hi[1]})"
+                f"(smallest {lo[1]}, largest {hi[1]}){_NAN_NOTE if lo[1] == -1 else ''}"
             )
         raise ValueError(
             "invalid labels were passed to update() (deferred check; use checks='eager' to "

@@ -184,9 +184,16 @@ class SegmentationDataset(Dataset):
             raise MissingFileError(f"{self.name}: image {f.image} has no label file")
         label = self.map_label(read_label(f.label), f.label)
         if label.shape != image.shape[:2]:
+            hint = ""
+            if label.shape == image.shape[:2][::-1]:
+                hint = (
+                    " (the sizes are transposed: one of the two files is probably stored "
+                    "rotated with an EXIF orientation tag, which PKUSeg applies; save both "
+                    "upright, or both with the same tag)"
+                )
             raise LabelError(
                 f"{self.name}: size mismatch: image {f.image} is {image.shape[1]}x{image.shape[0]} "
-                f"(WxH) but label {f.label} is {label.shape[1]}x{label.shape[0]}"
+                f"(WxH) but label {f.label} is {label.shape[1]}x{label.shape[0]}{hint}"
             )
         meta = {
             "filename": str(f.image),

@@ -11,6 +11,11 @@ else ``root/<split>.txt`` listing stems; ``split=None`` or ``"all"`` takes every
 ``images/``. Anything else is an error (never a silent fallback to all images).
 Mask values are 0..K-1, ``ignore_value`` (default 255) is void; ``reduce_zero_label`` makes
 0 void and shifts k -> k-1 (then ``classes.txt`` lists the K-1 remaining classes).
+
+Binary masks saved as 0 / 255 (the usual output of drawing tools and of ``mask * 255``) need
+``binary_mask=True``: 0 -> class 0 (background), 255 (or 1) -> class 1 (foreground), with no
+void value unless ``ignore_value`` names one. Without it 255 reads as void, the model sees only
+background and the foreground IoU is 0 (the dataset doctor warns about such masks).
 """
 
 from __future__ import annotations
@@ -39,8 +44,11 @@ class FolderDataset(SegmentationDataset):
         split: subfolder / split-file name, or None / ``"all"`` for every image.
         classes: class names (overrides ``classes.txt``).
         palette: ``K x 3`` colours (default: VOC colour map).
-        ignore_value: mask value meaning void, mapped to 255.
+        ignore_value: mask value meaning void, mapped to 255 (default 255; with
+            ``binary_mask`` there is no void value unless one is given).
         reduce_zero_label: 0 -> void, k -> k-1.
+        binary_mask: masks hold 0 = background and 255 (or 1) = foreground; two classes
+            (``("background", "foreground")`` unless ``classes`` / ``classes.txt`` name them).
         strict: False records missing masks in ``.problems`` instead of raising (doctor).
     """
 
@@ -53,8 +61,9 @@ class FolderDataset(SegmentationDataset):
         seed: int = 0,
         classes: Sequence[str] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
-        ignore_value: int = IGNORE_INDEX,
+        ignore_value: int | None = None,
         reduce_zero_label: bool = False,
+        binary_mask: bool = False,
         strict: bool = True,
     ) -> None:
         self.root = resolve_root(root, "folder", (), "images")
@@ -62,6 +71,8 @@ class FolderDataset(SegmentationDataset):
         img_root, mask_root = self.root / "images", self.root / "masks"
         if not mask_root.is_dir():
             raise MissingFileError(f"folder: masks folder not found: {mask_root}")
+        if classes is None and binary_mask and not (self.root / "classes.txt").is_file():
+            classes = ("background", "foreground")
         if classes is None:
             classes_file = self.root / "classes.txt"
             if not classes_file.is_file():
@@ -105,17 +116,8 @@ class FolderDataset(SegmentationDataset):
         files, problems = pair_files(
             "folder", images, lambda p: mask_dir / f"{p.stem}.png", strict=strict
         )
+        lut = _label_lut(len(classes), ignore_value, reduce_zero_label, binary_mask)
         k = len(classes)
-        lut = np.full(256, -1, dtype=np.int16)
-        if reduce_zero_label:
-            lut[0] = IGNORE_INDEX
-            lut[1 : k + 1] = np.arange(k)
-        else:
-            lut[:k] = np.arange(k)
-        lut[IGNORE_INDEX] = IGNORE_INDEX
-        if not 0 <= ignore_value <= 255:
-            raise ValueError(f"folder: ignore_value must be in 0..255, got {ignore_value}")
-        lut[ignore_value] = IGNORE_INDEX
         pal = voc_colormap(k) if palette is None else np.asarray(palette, dtype=np.uint8)
         super().__init__(
             files,
@@ -131,6 +133,39 @@ class FolderDataset(SegmentationDataset):
         if not self._all_images:  # a split file selects a subset: other masks are expected
             return []
         return [p for p in sorted(self._mask_dir.glob("*.png")) if p.stem not in self._stems]
+
+
+def _label_lut(
+    k: int, ignore_value: int | None, reduce_zero_label: bool, binary_mask: bool
+) -> np.ndarray:
+    """Stored mask value -> train id (-1 = invalid value) for the folder options."""
+    if ignore_value is not None and not 0 <= ignore_value <= 255:
+        raise ValueError(f"folder: ignore_value must be in 0..255, got {ignore_value}")
+    lut = np.full(256, -1, dtype=np.int16)
+    if binary_mask:
+        if k != 2:
+            raise ValueError(
+                f"folder: binary_mask=True needs exactly 2 classes (background, foreground); "
+                f"got {k}"
+            )
+        if reduce_zero_label:
+            raise ValueError("folder: binary_mask and reduce_zero_label exclude each other")
+        if ignore_value in (0, 1, 255):
+            raise ValueError(
+                f"folder: with binary_mask, {ignore_value} is a class value (0 = background, "
+                "1/255 = foreground); pick another ignore_value or none"
+            )
+        lut[0], lut[1], lut[255] = 0, 1, 1
+    elif reduce_zero_label:
+        lut[0] = IGNORE_INDEX
+        lut[1 : k + 1] = np.arange(k)
+    else:
+        lut[:k] = np.arange(k)
+    if not binary_mask:
+        lut[IGNORE_INDEX] = IGNORE_INDEX
+    if ignore_value is not None:
+        lut[ignore_value] = IGNORE_INDEX
+    return lut
 
 
 def _images_in(folder: Path) -> list[Path]:
