@@ -4,13 +4,10 @@ segmentation_models_pytorch 0.6 (values and gradients) with the same options."""
 from __future__ import annotations
 
 import pytest
+import segmentation_models_pytorch.losses as smp_losses  # in seg-trainer's test extra
 import torch
 
 from seg_trainer.losses import create_loss, list_losses
-
-smp_losses = pytest.importorskip(
-    "segmentation_models_pytorch.losses", reason="smp is in seg-trainer's test extra"
-)
 
 K = 5
 
