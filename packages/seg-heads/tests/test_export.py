@@ -47,8 +47,9 @@ TINY_BACKBONE = {"segformer": "mit_b0", "ocrnet": "hrnet_w18", "lraspp": "mobile
 KNOWN_FAILURES = {
     "ocrnet": (
         "hrnet_w18: seg_backbones/hrnet.py _Upsample computes its output size in Python "
-        "(int(h * 2.0)): the legacy tracer bakes it in, torch.export specialises it "
-        "(guard on trunc(2.0 * sym_float(h)))"
+        "(int(h * 2.0)) and HRModule.forward resizes only when sizes differ: the legacy "
+        "tracer bakes both in, torch.export specialises them (guard on "
+        "trunc(2.0 * sym_float(h)))"
     ),
 }
 # 96 x 128: the smallest export size whose validation shapes every tiny model accepts

@@ -98,8 +98,8 @@ def _input_norm(cfg: Any) -> dict[str, Any] | None:
 
 def calibration_images(cfg: Any, folder: Path, count: int) -> list[np.ndarray]:
     """``count`` images of ``folder`` (evenly spaced), through ``data.val_transforms``."""
-    from seg_data import build_transforms
-    from seg_trainer.infer import _prepare, _read_image, find_images
+    from seg_data import build_transforms, read_image
+    from seg_trainer.infer import _prepare, find_images
 
     found = find_images([folder])
     if count < 1:
@@ -108,7 +108,7 @@ def calibration_images(cfg: Any, folder: Path, count: int) -> list[np.ndarray]:
     transforms = build_transforms(cfg.data.val_transforms) if cfg.data.val_transforms else None
     images = []
     for i in sorted(set(picks.tolist())):
-        tensor, _ = _prepare(_read_image(found[i][0]), transforms)
+        tensor, _ = _prepare(read_image(found[i][0]), transforms)
         images.append(tensor[None].numpy())
     return images
 
