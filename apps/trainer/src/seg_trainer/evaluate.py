@@ -185,6 +185,55 @@ def _check_logits(logits: Tensor, metas: Sequence[Any], indices: Sequence[int]) 
     )
 
 
+def _prediction_dirs(
+    save_dir: str | Path | None, palette: Any, label_id_fn: Callable[..., Any] | None
+) -> Path | None:
+    """Create the folders :func:`evaluate` writes predictions into (``None``: no saving)."""
+    if save_dir is None:
+        return None
+    out_dir = Path(save_dir)
+    (out_dir / "pred").mkdir(parents=True, exist_ok=True)
+    if palette is not None:
+        (out_dir / "color").mkdir(parents=True, exist_ok=True)
+    if label_id_fn is not None:
+        (out_dir / "label_ids").mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _evaluate_batch(
+    net: nn.Module,
+    batch: dict[str, Any],
+    batch_indices: Sequence[int],
+    metas: Sequence[Any],
+    cm: Any,
+    accelerator: Any,
+    keep_predictions: bool,
+    predict_kwargs: dict[str, Any],
+) -> list[np.ndarray]:
+    """Predict one batch, add it to ``cm``; return the predictions when they are to be saved."""
+    device = accelerator.device
+    images = batch["image"].to(device, non_blocking=True)
+    labels = batch.get("label")
+    # One call for the whole batch when the labels share a size, else per image.
+    if labels is None or isinstance(labels, Tensor):
+        groups = [(slice(None), labels)]
+    else:
+        groups = [(slice(i, i + 1), lab[None]) for i, lab in enumerate(labels)]
+    preds: list[np.ndarray] = []
+    for sl, lab in groups:
+        out_size = None if lab is None else tuple(lab.shape[-2:])
+        with accelerator.autocast():
+            logits = predict_logits(net, images[sl], out_size=out_size, **predict_kwargs)
+        _check_logits(logits, metas[sl], batch_indices[sl])
+        pred = logits.argmax(dim=1)
+        if lab is not None:
+            cm.update(pred, lab.to(device, non_blocking=True))
+        if keep_predictions:
+            preds.extend(pred.cpu().numpy())
+        del logits
+    return preds
+
+
 def evaluate(
     model: nn.Module,
     dataloader: DataLoader,
@@ -244,14 +293,8 @@ def evaluate(
     loader, indices = make_shard_loader(
         dataloader, accelerator.num_processes, accelerator.process_index
     )
-    out_dir = Path(save_dir) if save_dir is not None else None
+    out_dir = _prediction_dirs(save_dir, palette, label_id_fn)
     pal = None if palette is None else np.asarray(palette, dtype=np.uint8)
-    if out_dir is not None:
-        (out_dir / "pred").mkdir(parents=True, exist_ok=True)
-        if pal is not None:
-            (out_dir / "color").mkdir(parents=True, exist_ok=True)
-        if label_id_fn is not None:
-            (out_dir / "label_ids").mkdir(parents=True, exist_ok=True)
 
     net = accelerator.unwrap_model(model)
     was_training = net.training
@@ -278,26 +321,10 @@ def evaluate(
             for batch, batch_indices in _batches(loader, indices):
                 if check_stop is not None:
                     check_stop()
-                images = batch["image"].to(device, non_blocking=True)
-                labels = batch.get("label")
                 metas = batch.get("meta") or [None] * len(batch_indices)
-                # One call for the whole batch when the labels share a size, else per image.
-                if labels is None or isinstance(labels, Tensor):
-                    groups = [(slice(None), labels)]
-                else:
-                    groups = [(slice(i, i + 1), lab[None]) for i, lab in enumerate(labels)]
-                preds_for_saving = []
-                for sl, lab in groups:
-                    out_size = None if lab is None else tuple(lab.shape[-2:])
-                    with accelerator.autocast():
-                        logits = predict_logits(net, images[sl], out_size=out_size, **kwargs)
-                    _check_logits(logits, metas[sl], batch_indices[sl])
-                    pred = logits.argmax(dim=1)
-                    if lab is not None:
-                        cm.update(pred, lab.to(device, non_blocking=True))
-                    if out_dir is not None:
-                        preds_for_saving.extend(pred.cpu().numpy())
-                    del logits
+                preds_for_saving = _evaluate_batch(
+                    net, batch, batch_indices, metas, cm, accelerator, out_dir is not None, kwargs
+                )
                 for pred_np, meta, idx in zip(preds_for_saving, metas, batch_indices):
                     _save_prediction(
                         pred_np, _sample_name(meta, idx), out_dir, pal, label_id_fn, ignore_index
