@@ -65,7 +65,9 @@ def _reference(name: str, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _num_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Trainable parameters (mmseg keeps fixed kernels, e.g. STDCHead's Laplacian and
+    fusion weights, as ``requires_grad=False`` parameters; PKUSeg keeps them as constants)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("name", sorted(MMSEG_ARCHS))

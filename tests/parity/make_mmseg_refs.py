@@ -237,7 +237,9 @@ def forward(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
 
 
 def _param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Trainable parameters (mmseg keeps fixed kernels, e.g. STDCHead's Laplacian and
+    fusion weights, as ``requires_grad=False`` parameters; PKUSeg keeps them as constants)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def make_reference(name: str, spec: dict[str, Any], mode: str) -> dict[str, Any]:

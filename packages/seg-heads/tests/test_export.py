@@ -3,8 +3,8 @@ dynamic batch/height/width and reproduces PyTorch within 1e-4 on shapes it was n
 at; BatchNorm folding keeps outputs; failures name the op.
 
 Parametrised over ``list_models()``, so a model added to the registry is checked here the
-day it lands. Tiny backbones (``TINY_BACKBONE`` where a model has its own family, else
-``resnet18_deep``) and narrow heads (``test_models.NARROW``) keep it CPU-cheap; the
+day it lands. Each model's registered tiny config (``register_head(..., tiny=...)``) keeps
+it CPU-cheap; the
 exporter that ``to_onnx`` does not use by default (dynamo) is checked over the registry
 too, marked ``slow`` (10-30 s of CPU per model), and so is torch.export (5-10 s per model): ``-m "not slow"`` runs
 the ONNX, TorchScript-trace and BN-folding contracts in about a minute.
@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_backbones import list_backbones
-from seg_heads import create_model, list_models
+from seg_heads import create_model, list_models, tiny_config
 from seg_heads.export import (
     ExportError,
     ShapeAdaptiveAvgPool2d,
@@ -36,21 +35,17 @@ from seg_heads.export import (
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-try:  # the narrow head options each model registers for the contract tests
-    from test_models import NARROW
-except ImportError:  # pragma: no cover - run outside this folder
-    NARROW = {}
-
-# A model whose head expects its own backbone family gets the smallest of that family.
-TINY_BACKBONE = {"segformer": "mit_b0", "ocrnet": "hrnet_w18", "lraspp": "mobilenet_v3_small"}
 # Models that do not export yet, with the reason (strict: the test fails once they do).
-KNOWN_FAILURES = {
-    "ocrnet": (
-        "hrnet_w18: seg_backbones/hrnet.py _Upsample computes its output size in Python "
-        "(int(h * 2.0)) and HRModule.forward resizes only when sizes differ: the legacy "
-        "tracer bakes both in, torch.export specialises them (guard on "
-        "trunc(2.0 * sym_float(h)))"
-    ),
+# Models whose check fails (strict: the test fails once they pass): name -> (tests, reason).
+_OCR_REASON = (
+    "exports (legacy, dynamo and torch.export, dynamic H/W, since HRNet resizes by scale "
+    "factor; torch.export and jit.trace match eager), but the random tiny OCRNet is too "
+    "ill-conditioned for the 1e-4 check: its eager fp32 logits differ from its own fp64 by up "
+    "to 1.1e-3 (batch 3, 96x128, logits ~9); onnxruntime differs from eager by 1.4e-3 and "
+    "BN folding changes outputs by 2.2e-4 (measured 2026-12-01)"
+)
+KNOWN_FAILURES: dict[str, tuple[set[str], str]] = {
+    "ocrnet": ({"onnx", "dynamo", "fold_bn"}, _OCR_REASON),
 }
 # 96 x 128: the smallest export size whose validation shapes every tiny model accepts
 # (torch.export of MiT-B0 needs the stride-32 token map > 1: inputs >= 61 px).
@@ -71,19 +66,9 @@ def _checks_pass(report) -> bool:
 
 
 def _tiny(name: str) -> nn.Module:
-    available = set(list_backbones())
-    backbone = TINY_BACKBONE.get(name, "resnet18_deep")
-    if backbone not in available:
-        backbone = "resnet18_deep"
+    """The model's registered tiny config (``register_head(..., tiny=...)``), BN randomised."""
     torch.manual_seed(0)
-    model = create_model(
-        name,
-        backbone=backbone,
-        num_classes=5,
-        aux=name != "ocrnet",  # OCRNet returns its own aux
-        head_kwargs=NARROW.get(name, {"channels": 16}),
-        aux_kwargs={"channels": 8},
-    )
+    model = create_model(name, num_classes=5, **tiny_config(name))
     _randomise_bn(model)
     return model.eval()
 
@@ -105,8 +90,36 @@ def _randomise_bn(model: nn.Module) -> None:
     model.train()
     with torch.no_grad():
         for _ in range(2):
-            model(torch.randn(2, 3, 64, 64, generator=g))
+            model(torch.randn(2, 3, *SIZE, generator=g))
     model.eval()
+    for m in bns:  # a channel (nearly) dead on the calibration batches would divide by sqrt(eps)
+        m.running_var.clamp_(min=0.01)
+    # Classifiers scaled to logits of at most ~5, as after training: a random classifier on
+    # calibrated features gives logits of ~40, and OCRNet's soft-region softmax over pixels
+    # then amplifies fp32 rounding alone to 3e-3 (eager fp32 vs fp64).
+    with torch.no_grad():
+        x = torch.randn(1, 3, *SIZE, generator=g)
+        for name, conv in model.named_modules():
+            if name.endswith("conv_seg") and isinstance(conv, nn.Conv2d):
+                inp = _input_of(model, conv, x)
+                if inp is None:  # a training-only head (auxiliary, detail): not run in eval
+                    continue
+                out = conv(inp)
+                scale = 5.0 / max(float(out.abs().max()), 1e-6)
+                conv.weight.mul_(scale)
+                if conv.bias is not None:
+                    conv.bias.mul_(scale)
+
+
+def _input_of(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The input ``module`` receives when ``model(x)`` runs (``None``: it does not run)."""
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return seen[0] if seen else None
 
 
 def _eager(model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -114,15 +127,19 @@ def _eager(model: nn.Module, x: torch.Tensor) -> np.ndarray:
         return model(x)["out"].numpy()
 
 
-def _params(name: str) -> object:
+def _params(name: str, test: str) -> object:
     marks = []
-    if name in KNOWN_FAILURES:
-        marks.append(pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=True))
+    tests, reason = KNOWN_FAILURES.get(name, (set(), ""))
+    if test in tests:
+        marks.append(pytest.mark.xfail(reason=reason, strict=True))
     return pytest.param(name, marks=marks, id=name)
 
 
-EXPORTED = [_params(n) for n in list_models()]  # the export contracts, known failures marked
-MODELS = list_models()
+def _exported(test: str) -> list[object]:
+    """``list_models()`` as test parameters, the known failures of ``test`` marked."""
+    return [_params(n, test) for n in list_models()]
+
+
 THIRD = (2, 3, 83, 101)  # a third shape, checked here independently of the exporter's own
 
 
@@ -149,12 +166,12 @@ def test_check_shapes_differ_from_the_export_shape() -> None:
 # ------------------------------------------------------------------------ registry-wide: ONNX
 
 
-@pytest.mark.parametrize("name", EXPORTED)
+@pytest.mark.parametrize("name", _exported("onnx"))
 def test_every_model_exports_to_onnx_with_dynamic_shapes(name: str, tmp_path) -> None:
     model = _tiny(name)
     palette = [[i * 40, 255 - i * 40, i] for i in range(5)]
     # a known failure tries the fast exporter only (auto would also run dynamo, ~2 min)
-    exporter = "legacy" if name in KNOWN_FAILURES else "auto"
+    exporter = "legacy" if "onnx" in KNOWN_FAILURES.get(name, ((), ""))[0] else "auto"
     report = to_onnx(
         model,
         tmp_path / "m.onnx",
@@ -186,7 +203,7 @@ def test_every_model_exports_to_onnx_with_dynamic_shapes(name: str, tmp_path) ->
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", EXPORTED)
+@pytest.mark.parametrize("name", _exported("dynamo"))
 def test_every_model_exports_with_torch_export(name: str, tmp_path) -> None:
     model = _tiny(name)
     report = to_torch_export(model, tmp_path / "m.pt2", size=SIZE, class_names=list("abcde"))
@@ -203,7 +220,7 @@ def test_every_model_exports_with_torch_export(name: str, tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", EXPORTED)
+@pytest.mark.parametrize("name", _exported("torch_export"))
 def test_every_model_exports_with_the_dynamo_onnx_exporter(name: str, tmp_path) -> None:
     """``exporter="auto"`` falls back to dynamo, and dynamo will be the only one left."""
     model = _tiny(name)
@@ -212,7 +229,7 @@ def test_every_model_exports_with_the_dynamo_onnx_exporter(name: str, tmp_path) 
     assert report.exporter == "dynamo" and _checks_pass(report)
 
 
-@pytest.mark.parametrize("name", EXPORTED)
+@pytest.mark.parametrize("name", _exported("trace"))
 def test_every_model_traces_with_torch_jit_trace(name: str) -> None:
     """TorchScript tracing works (``torch.jit.script`` is not supported: see seg_heads.export)."""
     model = _tiny(name)
@@ -254,7 +271,7 @@ def _bns_fed_by_a_conv(model: nn.Module, x: torch.Tensor) -> set[str]:
     return fed
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _exported("fold_bn"))
 def test_fold_bn_folds_every_conv_bn_pair_and_keeps_outputs(name: str) -> None:
     model = _tiny(name)
     x = torch.randn(1, 3, 67, 91)

@@ -8,10 +8,15 @@ bb.feature_info        # [FeatureInfo(256, 4), (512, 8), (1024, 8), (2048, 8)]
 ```
 """
 
-from . import hrnet as _hrnet  # noqa: F401  (each family file registers its variants)
+from . import bisenetv2 as _bisenetv2  # noqa: F401  (each family file registers its variants)
+from . import ddrnet as _ddrnet  # noqa: F401
+from . import fast_scnn as _fast_scnn  # noqa: F401
+from . import hrnet as _hrnet  # noqa: F401
 from . import mit as _mit  # noqa: F401
 from . import mobilenetv3 as _mobilenetv3  # noqa: F401
+from . import pidnet as _pidnet  # noqa: F401
 from . import resnet as _resnet  # noqa: F401
+from . import stdc as _stdc  # noqa: F401
 from ._features import FeatureInfo
 from ._registry import create_backbone, list_backbones, register_backbone
 from .norm import FrozenBatchNorm2d

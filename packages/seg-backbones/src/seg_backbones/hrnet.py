@@ -56,7 +56,9 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 class _Upsample(nn.Module):
     """mmseg's ``Upsample(scale_factor=s, mode='bilinear', align_corners=False)``.
 
-    The output size is ``int(size * s)``, interpolated by size (not by scale factor).
+    Interpolated by scale factor (output ``floor(size * s)``), so that the output size is
+    never a Python int baked into an exported graph; the fusion resizes to the target
+    branch's size afterwards, as mmseg's ``HRModule`` does.
     """
 
     def __init__(self, scale_factor: int) -> None:
@@ -64,8 +66,9 @@ class _Upsample(nn.Module):
         self.scale_factor = float(scale_factor)
 
     def forward(self, x: Tensor) -> Tensor:
-        size = [int(t * self.scale_factor) for t in x.shape[-2:]]
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(
+            x, scale_factor=self.scale_factor, mode="bilinear", align_corners=False
+        )
 
     def extra_repr(self) -> str:
         return f"scale_factor={self.scale_factor}, mode='bilinear', align_corners=False"
@@ -116,7 +119,8 @@ class HRModule(nn.Module):
             y: Tensor | None = None
             for j, x in enumerate(xs):
                 z = fuse[j](x)
-                if j > i and z.shape[-2:] != xs[i].shape[-2:]:  # odd sizes: as mmseg's resize
+                if j > i:  # always, as mmseg's resize (identity when the sizes agree; no
+                    # size comparison for an exporter to bake in)
                     z = F.interpolate(
                         z, size=xs[i].shape[-2:], mode="bilinear", align_corners=False
                     )

@@ -20,24 +20,47 @@ the optional auxiliary head, and composes a :class:`~seg_heads.SegmentationModel
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
-__all__ = ["default_output_stride", "get_head_builder", "list_models", "register_head"]
+__all__ = [
+    "default_output_stride",
+    "get_head_builder",
+    "list_models",
+    "register_head",
+    "tiny_config",
+]
 
 HeadBuilder = Callable[..., nn.Module]
 
 _HEADS: dict[str, HeadBuilder] = {}
 _OUTPUT_STRIDES: dict[str, int] = {}
+_TINY: dict[str, dict[str, Any]] = {}
+
+_DEFAULT_TINY: dict[str, Any] = {
+    "backbone": "resnet18_deep",
+    "aux": True,
+    "head_kwargs": {"channels": 16},
+    "aux_kwargs": {"channels": 8},
+}
 
 
-def register_head(name: str, *, output_stride: int = 8) -> Callable[[HeadBuilder], HeadBuilder]:
+def register_head(
+    name: str, *, output_stride: int = 8, tiny: Mapping[str, Any] | None = None
+) -> Callable[[HeadBuilder], HeadBuilder]:
     """Register a decode-head builder under the model name ``name``; a duplicate is an error.
 
     ``output_stride`` is the model's default backbone output stride, used when
     ``create_model`` is not given one: 8 for the dilated-context heads (PSPNet,
     DeepLabV3, ...), 32 for the multi-level decoders (UPerNet, FPN, SegFormer, ...).
+
+    ``tiny`` is the :func:`~seg_heads.create_model` keyword arguments (all but ``name`` and
+    ``num_classes``) of a small, cheap model of this kind, which the registry-wide contract
+    tests (forward/backward, export) build; default :data:`_DEFAULT_TINY` (``resnet18_deep``,
+    16-channel head, an auxiliary head). A model with its own backbone family names it here.
     """
 
     def decorator(fn: HeadBuilder) -> HeadBuilder:
@@ -45,9 +68,16 @@ def register_head(name: str, *, output_stride: int = 8) -> Callable[[HeadBuilder
             raise ValueError(f"model {name!r} is already registered ({_HEADS[name]!r})")
         _HEADS[name] = fn
         _OUTPUT_STRIDES[name] = output_stride
+        _TINY[name] = copy.deepcopy(dict(_DEFAULT_TINY if tiny is None else tiny))
         return fn
 
     return decorator
+
+
+def tiny_config(name: str) -> dict[str, Any]:
+    """``create_model(name, num_classes=K, **tiny_config(name))`` builds a small test model."""
+    get_head_builder(name)
+    return copy.deepcopy(_TINY[name])
 
 
 def default_output_stride(name: str) -> int:

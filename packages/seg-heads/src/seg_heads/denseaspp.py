@@ -146,7 +146,15 @@ class DenseASPPHead(nn.Module):
         return self.conv_seg(self.dropout(feature))
 
 
-@register_head("denseaspp")
+@register_head(
+    "denseaspp",
+    tiny={
+        "backbone": "resnet18_deep",
+        "aux": True,
+        "head_kwargs": {"mid_channels": 64, "growth": 32},
+        "aux_kwargs": {"channels": 8},
+    },
+)
 def _denseaspp(
     feature_info: Sequence[FeatureInfo],
     num_classes: int,

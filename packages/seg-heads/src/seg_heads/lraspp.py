@@ -187,7 +187,16 @@ class LRASPPHead(nn.Module):
         return self.conv_seg(self.dropout(x))
 
 
-@register_head("lraspp", output_stride=16)
+@register_head(
+    "lraspp",
+    output_stride=16,
+    tiny={
+        "backbone": "mobilenet_v3_small",
+        "aux": True,
+        "head_kwargs": {"channels": 16},
+        "aux_kwargs": {"channels": 8},
+    },
+)
 def _lraspp(
     feature_info: Sequence[FeatureInfo],
     num_classes: int,

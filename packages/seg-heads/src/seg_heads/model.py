@@ -64,7 +64,9 @@ class SegmentationModel(nn.Module):
     there is an auxiliary head, in training and in eval mode alike. A decode head that
     returns a dict adds its own outputs: keys starting with ``"aux"`` (e.g. OCRNet's
     soft-region logits) are resized to the input like ``"out"``, any other key (e.g.
-    Mask2Former's ``class_logits``) is passed through as the head returned it.
+    Mask2Former's ``class_logits``) is passed through as the head returned it. A head
+    with ``wants_input_size = True`` is called as ``decode_head(feats, input_size=(H, W))``
+    (Mask2Former resizes its mask logits to the input before the class-mask product).
     """
 
     build_config: dict[str, Any] | None
@@ -88,7 +90,10 @@ class SegmentationModel(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = x.shape[-2:]
         feats = self.backbone(x)
-        head_out = self.decode_head(feats)
+        if getattr(self.decode_head, "wants_input_size", False):
+            head_out = self.decode_head(feats, input_size=size)
+        else:
+            head_out = self.decode_head(feats)
         outputs = {"out": head_out} if isinstance(head_out, Tensor) else dict(head_out)
         if self.aux_head is not None:
             if "aux" in outputs:

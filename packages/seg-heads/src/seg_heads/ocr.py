@@ -177,7 +177,11 @@ class OCRHead(nn.Module):
         return {"out": self.conv_seg(self.dropout(out)), "aux": regions}
 
 
-@register_head("ocrnet", output_stride=32)
+@register_head(
+    "ocrnet",
+    output_stride=32,
+    tiny={"backbone": "hrnet_w18", "head_kwargs": {"channels": 64, "ocr_channels": 32}},
+)
 def _ocrnet(
     feature_info: Sequence[FeatureInfo],
     num_classes: int,

@@ -134,7 +134,16 @@ class SegFormerHead(nn.Module):
         return self.conv_seg(self.dropout(out))
 
 
-@register_head("segformer", output_stride=32)
+@register_head(
+    "segformer",
+    output_stride=32,
+    tiny={
+        "backbone": "mit_b0",
+        "aux": True,
+        "head_kwargs": {"channels": 16},
+        "aux_kwargs": {"channels": 8},
+    },
+)
 def _segformer(
     feature_info: Sequence[FeatureInfo],
     num_classes: int,

@@ -25,9 +25,15 @@ from typing import Any
 from ..model import SegmentationModel
 
 # family converters register their archs on import
+from . import _bisenetv2 as _bisenetv2
+from . import _ddrnet as _ddrnet
+from . import _fast_scnn as _fast_scnn
 from . import _hrnet as _hrnet
 from . import _lraspp as _lraspp
+from . import _mask2former_hf as _mask2former_hf
+from . import _pidnet as _pidnet
 from . import _segformer as _segformer
+from . import _stdc as _stdc
 from . import _upernet_hf as _upernet_hf
 from ._common import StateDictSource, load_checkpoint
 from .hf import HF_ARCHS, from_hf, register_hf_arch
