@@ -34,7 +34,8 @@ def test_minimal_config_fills_defaults(tmp_path):
     assert isinstance(cfg, Config)
     assert cfg.model.num_classes == 3
     assert cfg.optimizer.name == "sgd" and cfg.schedule.power == 0.9
-    assert cfg.loss.aux_weight == 0.4 and cfg.loss.ohem_thresh == 0.7
+    assert cfg.loss.aux_weight == 0.4 and cfg.loss.terms == {"out": [{"name": "ce", "weight": 1.0}]}
+    assert cfg.loss.ignore_index == 255  # the dataset's, never restated in the config
 
 
 def test_to_dict_round_trips(tmp_path):
@@ -100,6 +101,21 @@ def test_missing_required_value(tmp_path):
         (with_("loss", class_weights=[1.0, 2.0]), "loss.class_weights", "model.num_classes is 3"),
         (with_("schedule", min_lr=1.0), "schedule.min_lr", "above optimizer.lr"),
         (with_("model", output_stride=4), "model.output_stride", "not one of"),
+        (with_("schedule", name="cosin"), "schedule.name", "did you mean 'cosine'"),
+        (with_("schedule", name="step"), "schedule.milestones", "'step' needs a list"),
+        (
+            with_("schedule", name="step", milestones=[50, 20]),
+            "schedule.milestones",
+            "increasing",
+        ),
+        (with_("schedule", milestones=[5]), "schedule.milestones", "'step' only"),
+        (
+            with_("schedule", name="step", milestones=[5], gamma=2.0),
+            "schedule.gamma",
+            "must be in",
+        ),
+        (with_("optimizer", layer_decay=1.5), "optimizer.layer_decay", "must be in"),
+        (with_("optimizer", layer_decay_type="block"), "optimizer.layer_decay_type", "not one of"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path, data, key, words):
@@ -171,3 +187,12 @@ def test_missing_file_and_bad_yaml(tmp_path):
     top.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(top)
+
+
+def test_schedule_and_layer_decay_keys(tmp_path):
+    data = with_("schedule", name="step", milestones=[4, 8], gamma=0.5)
+    data["optimizer"] = {"layer_decay": 0.9, "layer_decay_type": "stage_wise"}
+    cfg = load_config(write(tmp_path, data))
+    assert cfg.schedule.milestones == [4, 8] and cfg.schedule.gamma == 0.5
+    assert cfg.optimizer.layer_decay == 0.9 and cfg.optimizer.layer_decay_num_layers is None
+    assert config_from_dict(yaml.safe_load(cfg.to_yaml())) == cfg

@@ -123,8 +123,14 @@ def test_logits_are_resized_to_the_label():
 
 
 def test_build_loss_from_config():
-    crit = build_loss(LossConfig(name="ohem", ohem_min_kept=5, class_weights=[1.0, 2.0, 3.0, 4.0]))
-    assert crit.name == "ohem" and crit.ohem_min_kept == 5
-    assert crit.class_weights.tolist() == [1.0, 2.0, 3.0, 4.0]
-    with pytest.raises(ValueError, match="unknown loss"):
-        SegmentationLoss(name="dice")
+    crit = build_loss(
+        LossConfig(
+            terms={"out": [{"name": "ohem", "min_kept": 5, "class_weights": [1.0, 2.0, 3.0, 4.0]}]}
+        ),
+        num_classes=4,
+    )
+    (term,) = crit.heads["out"]
+    assert term.name == "ohem" and term.loss.min_kept == 5
+    assert term.loss.class_weights.tolist() == [1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(ValueError, match="unknown loss 'dic'; did you mean 'dice'"):
+        SegmentationLoss({"out": [{"name": "dic"}]})

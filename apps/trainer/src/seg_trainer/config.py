@@ -22,6 +22,7 @@ accepted for an integer key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -167,29 +168,67 @@ class OptimizerConfig:
     weight_decay: float = 5e-4
     decay_norm_and_bias: bool = False  # False: no weight decay on norm weights and biases
     head_lr_mult: float = 1.0  # LR multiplier for everything outside model.backbone
+    # layer-wise LR decay (mmseg's LearningRateDecayOptimizerConstructor), timm ConvNeXt/Swin
+    layer_decay: float | None = None  # decay rate, e.g. 0.9; null = off
+    layer_decay_type: str = "layer_wise"  # "layer_wise" | "stage_wise"
+    layer_decay_num_layers: int | None = None  # mmseg's num_layers; null = the backbone's own
 
 
 @dataclass
 class ScheduleConfig:
-    """Poly decay ``(lr - min_lr) * (1 - it / max_iters) ** power + min_lr`` with linear warmup."""
+    """Poly, cosine or step decay of the LR by iteration, with linear warmup (seg_trainer.optim)."""
 
-    name: str = "poly"  # "poly" | "constant"
-    power: float = 0.9
-    min_lr: float = 1e-4  # the floor (mmseg's eta_min); applies to every parameter group
+    name: str = "poly"  # "poly" | "cosine" | "step" | "constant"
+    power: float = 0.9  # poly
+    min_lr: float = 1e-4  # the floor (mmseg's eta_min) of poly and cosine; every parameter group
+    milestones: list[int] = field(default_factory=list)  # step: iterations where the LR drops
+    gamma: float = 0.1  # step: LR factor at each milestone
     warmup_iters: int = 0
     warmup_ratio: float = 1e-6  # LR factor at iteration 0 of the warmup (mmseg's warmup_ratio)
 
 
+DEFAULT_AUX_WEIGHT = 0.4  # mmseg, PKUSeg, torchcv, CSAIL and the PSPNet paper
+
+
+def _dataset_ignore_index() -> int:
+    """The label value every seg_data dataset marks void pixels with (255)."""
+    from seg_data import SegmentationDataset
+
+    return int(SegmentationDataset.ignore_index)
+
+
+def _default_loss_terms() -> dict[str, list[dict[str, Any]]]:
+    return {"out": [{"name": "ce", "weight": 1.0}]}
+
+
 @dataclass
 class LossConfig:
-    """Cross-entropy on ``out`` (+ ``aux_weight`` x the same loss on ``aux``)."""
+    """Weighted loss terms per model output (seg_trainer.losses.SegmentationLoss).
 
-    name: str = "ce"  # "ce" | "ohem"
-    ignore_index: int = 255
-    class_weights: list[float] | None = None
-    ohem_thresh: float = 0.7
-    ohem_min_kept: int = 100000  # per process and forward step
-    aux_weight: float = 0.4
+    ``terms`` maps an output key (``out``, ``aux``, ``aux1``, ``boundary``, ``detail``, ...)
+    to a list of terms ``{"name": ..., "weight": ..., **create_loss options}``. ``aux`` is
+    the default of every ``aux*`` output without its own entry; without an ``aux`` entry
+    either, an ``aux*`` output gets the ``out`` terms scaled by ``aux_weight``.
+    ``ignore_index`` is the dataset's (``seg_data``'s void label, 255); a config need not
+    state it, and any other value is refused when the config is loaded.
+
+    In YAML the section is a list of terms (for ``out``), or a mapping of output keys to
+    lists plus ``ignore_index`` / ``aux_weight``, or the older single-loss form
+    ``{name: ce|ohem, class_weights, ohem_thresh, ohem_min_kept, aux_weight, ignore_index}``;
+    :meth:`to_dict` writes the mapping form.
+    """
+
+    terms: dict[str, list[dict[str, Any]]] = field(default_factory=_default_loss_terms)
+    aux_weight: float = DEFAULT_AUX_WEIGHT
+    ignore_index: int = field(default_factory=_dataset_ignore_index)  # the dataset's (255)
+    legacy: bool = field(default=False, compare=False, repr=False)  # read from the old form
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML mapping form: ``{ignore_index, aux_weight, <output>: [terms], ...}``."""
+        out: dict[str, Any] = {"ignore_index": self.ignore_index, "aux_weight": self.aux_weight}
+        for key, terms in self.terms.items():
+            out[key] = copy.deepcopy([dict(t) for t in terms])
+        return out
 
 
 @dataclass
@@ -255,7 +294,9 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved config as plain YAML/JSON-able data (round-trips)."""
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["loss"] = self.loss.to_dict()
+        return data
 
     def to_yaml(self) -> str:
         """The fully resolved config as YAML text."""
@@ -266,8 +307,8 @@ class Config:
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "optimizer.name": ("sgd", "adamw"),
-    "schedule.name": ("poly", "constant"),
-    "loss.name": ("ce", "ohem"),
+    "optimizer.layer_decay_type": ("layer_wise", "stage_wise"),
+    "schedule.name": ("poly", "cosine", "step", "constant"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "evaluation.mode": ("whole", "slide", "multiscale"),
     "model.output_stride": (None, 8, 16, 32),
@@ -306,6 +347,8 @@ def _convert(value: Any, tp: Any, key: str, ctx: _Ctx) -> Any:
     """Check/convert ``value`` to the annotated type ``tp``; raise naming ``key``."""
     if tp is Any:
         return value
+    if tp is LossConfig:
+        return _loss_config(value, key, ctx)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key, ctx)
     origin = typing.get_origin(tp)
@@ -397,6 +440,192 @@ def _build(cls: type, data: Any, prefix: str, ctx: _Ctx) -> Any:
     return cls(**kwargs)
 
 
+# ------------------------------------------------------------------------- the loss section
+
+_LEGACY_LOSS_KEYS = ("name", "ignore_index", "class_weights", "ohem_thresh", "ohem_min_kept")
+_LEGACY_ONLY = ("name", "class_weights", "ohem_thresh", "ohem_min_kept")
+_LOSS_SECTION_KEYS = ("ignore_index", "aux_weight")
+_LOSS_FORMS = (
+    "the loss section is a list of terms for 'out' ([{name: ce, weight: 1.0}, ...]), or a "
+    "mapping of output keys (out, aux, aux1, boundary, detail, ...) to lists of terms plus "
+    "ignore_index and aux_weight"
+)
+
+
+def _loss_term(value: Any, key: str, ctx: _Ctx) -> dict[str, Any]:
+    """One term ``{name, weight, **options}`` (a bare string is ``{name: <it>}``)."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, Mapping):
+        raise ctx.error(
+            key, f"a loss term is a mapping {{name: ..., weight: ..., options}}, got {value!r}"
+        )
+    for k in value:
+        if not isinstance(k, str):
+            raise ctx.error(f"{key}.{k}", f"keys must be strings, got {type(k).__name__}")
+    if "name" not in value:
+        raise ctx.error(f"{key}.name", "missing: every loss term names its loss (e.g. ce, dice)")
+    name = _convert(value["name"], str, f"{key}.name", ctx)
+    weight = _convert(value.get("weight", 1.0), float, f"{key}.weight", ctx)
+    if not math.isfinite(weight) or weight < 0:
+        raise ctx.error(f"{key}.weight", f"must be >= 0, got {weight!r}")
+    options = {k: v for k, v in value.items() if k not in ("name", "weight")}
+    return {"name": name, "weight": weight, **options}
+
+
+def _legacy_loss(value: Mapping[str, Any], key: str, ctx: _Ctx) -> LossConfig:
+    """The single-loss form ``{name, ignore_index, class_weights, ohem_thresh, ohem_min_kept,
+    aux_weight}`` as terms: ``out: [{name, class_weights, (thresh, min_kept)}]``, aux* outputs
+    get the same term x ``aux_weight``, as before."""
+    valid = (*_LEGACY_LOSS_KEYS, "aux_weight")
+    for k in value:
+        if k not in valid:
+            close = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ctx.error(
+                f"{key}.{k}",
+                f"unknown key in the single-loss form of {key} (it has {', '.join(_LEGACY_ONLY)}"
+                f"); {hint}valid keys: {', '.join(valid)}. Or use the term lists: {_LOSS_FORMS}",
+            )
+    name = _convert(value.get("name", "ce"), str, f"{key}.name", ctx)
+    if name not in ("ce", "ohem"):
+        close = difflib.get_close_matches(name, ["ce", "ohem"], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ctx.error(
+            f"{key}.name",
+            f"{name!r} is not one of ['ce', 'ohem']{hint}; other losses take the term-list "
+            f"form: {_LOSS_FORMS}",
+        )
+    term: dict[str, Any] = {"name": name, "weight": 1.0}
+    weights = _convert(value.get("class_weights"), list[float] | None, f"{key}.class_weights", ctx)
+    if weights is not None:
+        term["class_weights"] = weights
+    if name == "ohem":
+        term["thresh"] = _convert(value.get("ohem_thresh", 0.7), float, f"{key}.ohem_thresh", ctx)
+        term["min_kept"] = _convert(
+            value.get("ohem_min_kept", 100000), int, f"{key}.ohem_min_kept", ctx
+        )
+    aux_weight = _convert(
+        value.get("aux_weight", DEFAULT_AUX_WEIGHT), float, f"{key}.aux_weight", ctx
+    )
+    ignore = _convert(value.get("ignore_index"), int | None, f"{key}.ignore_index", ctx)
+    return LossConfig(
+        terms={"out": [term]},
+        aux_weight=aux_weight,
+        ignore_index=_dataset_ignore_index() if ignore is None else ignore,
+        legacy=True,
+    )
+
+
+def _loss_config(value: Any, key: str, ctx: _Ctx) -> LossConfig:
+    """Read any of the three YAML forms of the loss section (see :class:`LossConfig`)."""
+    if value is None:
+        value = {}
+    if isinstance(value, (list, tuple)):
+        value = {"out": list(value)}
+    if not isinstance(value, Mapping):
+        raise ctx.error(
+            key, f"expected a list or a mapping, got {_value_repr(value)}; {_LOSS_FORMS}"
+        )
+    if any(k in value for k in _LEGACY_ONLY):
+        outputs = [
+            k for k, v in value.items() if isinstance(v, (list, tuple)) and k != "class_weights"
+        ]
+        if outputs:
+            raise ctx.error(
+                f"{key}.{outputs[0]}",
+                f"the single-loss keys ({', '.join(k for k in _LEGACY_ONLY if k in value)}) "
+                "cannot be mixed with term lists; move them into the terms, e.g. "
+                "out: [{name: ohem, thresh: 0.7, min_kept: 100000, class_weights: [...]}]",
+            )
+        return _legacy_loss(value, key, ctx)
+    terms: dict[str, list[dict[str, Any]]] = {}
+    for out_key, items in value.items():
+        if out_key in _LOSS_SECTION_KEYS:
+            continue
+        full = f"{key}.{out_key}"
+        if not isinstance(out_key, str):
+            raise ctx.error(full, f"keys must be strings, got {type(out_key).__name__}")
+        if not isinstance(items, (list, tuple)):
+            choices = [*_LOSS_SECTION_KEYS, *_LEGACY_ONLY, "aux_weight"]
+            close = difflib.get_close_matches(out_key, choices, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ctx.error(
+                full,
+                f"expected a list of loss terms for output '{out_key}', got "
+                f"{_value_repr(items)}; {hint}{_LOSS_FORMS}",
+            )
+        terms[out_key] = [_loss_term(t, f"{full}.{i}", ctx) for i, t in enumerate(items)]
+    if not terms:
+        terms = _default_loss_terms()
+    elif "out" not in terms:
+        raise ctx.error(
+            f"{key}.out",
+            f"missing: the terms of the main output 'out' (given: {', '.join(terms)})",
+        )
+    aux_weight = _convert(
+        value.get("aux_weight", DEFAULT_AUX_WEIGHT), float, f"{key}.aux_weight", ctx
+    )
+    if not math.isfinite(aux_weight) or aux_weight < 0:
+        raise ctx.error(f"{key}.aux_weight", f"must be >= 0, got {aux_weight!r}")
+    ignore = _convert(value.get("ignore_index"), int | None, f"{key}.ignore_index", ctx)
+    return LossConfig(
+        terms=terms,
+        aux_weight=aux_weight,
+        ignore_index=_dataset_ignore_index() if ignore is None else ignore,
+    )
+
+
+def _validate_loss(cfg: Config, ctx: _Ctx) -> None:
+    """``loss.ignore_index`` must be the dataset's; every term is checked by building it."""
+    loss = cfg.loss
+    void = _dataset_ignore_index()
+    if loss.ignore_index != void:
+        raise ctx.error(
+            "loss.ignore_index",
+            f"{loss.ignore_index}, but dataset {cfg.data.dataset!r} marks void pixels as "
+            f"{void}: they would be trained as class {void}, which does not exist. Remove the "
+            f"key (the loss takes the dataset's ignore index) or set loss.ignore_index: {void}",
+        )
+    from .losses import build_loss
+
+    build_loss(
+        loss,
+        align_corners=cfg.model.align_corners,
+        num_classes=cfg.model.num_classes,
+        error=ctx.error,
+    )
+
+
+def _validate_schedule(cfg: Config, ctx: _Ctx) -> None:
+    """The step schedule's milestones and gamma; the layer-decay settings."""
+    sch, opt = cfg.schedule, cfg.optimizer
+    if sch.name == "step":
+        if not sch.milestones:
+            raise ctx.error(
+                "schedule.milestones", "'step' needs a list of iterations, e.g. [60000, 80000]"
+            )
+        if any(m <= 0 for m in sch.milestones) or sorted(set(sch.milestones)) != sch.milestones:
+            raise ctx.error(
+                "schedule.milestones",
+                f"must be increasing positive iterations, got {sch.milestones}",
+            )
+        if not math.isfinite(sch.gamma) or not 0.0 < sch.gamma <= 1.0:
+            raise ctx.error("schedule.gamma", f"must be in (0, 1], got {sch.gamma!r}")
+    elif sch.milestones:
+        raise ctx.error(
+            "schedule.milestones", f"applies to schedule.name 'step' only (name is {sch.name!r})"
+        )
+    if opt.layer_decay is not None and not (
+        math.isfinite(opt.layer_decay) and 0.0 < opt.layer_decay <= 1.0
+    ):
+        raise ctx.error("optimizer.layer_decay", f"must be in (0, 1], got {opt.layer_decay!r}")
+    if opt.layer_decay_num_layers is not None and opt.layer_decay_num_layers < 1:
+        raise ctx.error(
+            "optimizer.layer_decay_num_layers", f"must be >= 1, got {opt.layer_decay_num_layers}"
+        )
+
+
 def _validate(cfg: Config, ctx: _Ctx) -> None:
     if not cfg.output_dir.strip():
         raise ctx.error(
@@ -426,8 +655,6 @@ def _validate(cfg: Config, ctx: _Ctx) -> None:
     positive("schedule.min_lr", cfg.schedule.min_lr, zero_ok=True)
     positive("schedule.warmup_iters", cfg.schedule.warmup_iters, zero_ok=True)
     positive("schedule.warmup_ratio", cfg.schedule.warmup_ratio, zero_ok=True)
-    positive("loss.aux_weight", cfg.loss.aux_weight, zero_ok=True)
-    positive("loss.ohem_min_kept", cfg.loss.ohem_min_kept, zero_ok=True)
     positive("train.max_iters", cfg.train.max_iters)
     positive("train.log_interval", cfg.train.log_interval)
     positive("train.grad_accum", cfg.train.grad_accum)
@@ -443,17 +670,8 @@ def _validate(cfg: Config, ctx: _Ctx) -> None:
             "schedule.min_lr",
             f"the floor {cfg.schedule.min_lr} is above optimizer.lr={cfg.optimizer.lr}",
         )
-    if not 0.0 < cfg.loss.ohem_thresh <= 1.0:
-        raise ctx.error("loss.ohem_thresh", f"must be in (0, 1], got {cfg.loss.ohem_thresh}")
-    weights = cfg.loss.class_weights
-    if weights is not None:
-        if len(weights) != cfg.model.num_classes:
-            raise ctx.error(
-                "loss.class_weights",
-                f"has {len(weights)} values but model.num_classes is {cfg.model.num_classes}",
-            )
-        if not all(math.isfinite(w) and w >= 0 for w in weights):
-            raise ctx.error("loss.class_weights", f"values must be finite and >= 0: {weights}")
+    _validate_schedule(cfg, ctx)
+    _validate_loss(cfg, ctx)
     ev = cfg.evaluation
     for key, pair in (("evaluation.crop_size", ev.crop_size), ("evaluation.stride", ev.stride)):
         if pair is not None and (len(pair) != 2 or min(pair) <= 0):

@@ -1,19 +1,32 @@
 """Segmentation losses. Heads only produce logits; ignore handling and pixel sampling live here.
 
+* The loss zoo (:func:`create_loss`, :func:`register_loss`, :func:`list_losses`): ``ce``,
+  ``ohem``, ``ohem_pidnet``, ``dice``, ``tversky``, ``focal``, ``lovasz`` here; the
+  boundary losses of the real-time models (``boundary_bce``, ``boundary_aware_ce``,
+  ``detail``) in :mod:`seg_trainer.boundary_losses`; Mask2Former's set criterion in
+  :mod:`seg_trainer.mask_classification`. A loss is an ``nn.Module`` called as
+  ``loss(logits, target)`` (N x K x H x W logits, N x H x W integer labels); one whose class
+  sets ``takes_outputs = True`` is called as ``loss(outputs, target)`` with the model's
+  whole output dict. It returns a scalar or a dict of named (weighted) scalar parts. A loss
+  of a map that is not K-class logits (a boundary or detail map) says which channel counts
+  it takes in a class attribute ``channels`` (e.g. ``(1,)``).
 * :func:`cross_entropy`: pixel-wise CE with ``ignore_index`` and optional class weights
   (weighted mean over the non-ignored pixels, as ``torch.nn.functional.cross_entropy``).
 * :func:`ohem_cross_entropy`: online hard example mining as in torchcv / PKUSeg's
   ``OhemCrossEntropyLoss`` and mmseg's ``OHEMPixelSampler``: over all valid pixels of
   the batch, keep those whose predicted probability of the true class is at most
   ``thresh`` (0.7), raising the threshold so that at least ``min_kept`` pixels are kept.
-* :class:`SegmentationLoss`: the loss of a model output ``{"out", "aux"}``:
-  ``loss(out) + aux_weight * loss(aux)`` (aux weight 0.4 as mmseg, PKUSeg, torchcv,
-  CSAIL and the PSPNet paper), logits resized to the label size when they differ.
+* :class:`SegmentationLoss`: weighted terms per model output (``out``, ``aux*``,
+  ``boundary``, ...), built from the config's ``loss`` section by :func:`build_loss`;
+  by default CE on ``out`` + 0.4 x CE on every ``aux*`` output (aux weight 0.4 as mmseg,
+  PKUSeg, torchcv, CSAIL and the PSPNet paper), logits resized to the label size.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import LossConfig
+from .config import ConfigError, LossConfig
 
 __all__ = [
     "CrossEntropyLoss",
@@ -29,12 +42,15 @@ __all__ = [
     "FocalLoss",
     "LovaszLoss",
     "OhemCrossEntropyLoss",
+    "PidnetOhemCrossEntropyLoss",
     "SegmentationLoss",
     "TverskyLoss",
     "build_loss",
     "create_loss",
     "cross_entropy",
     "list_losses",
+    "loss_class",
+    "loss_options",
     "ohem_cross_entropy",
     "register_loss",
 ]
@@ -130,11 +146,19 @@ def create_loss(name: str, **options: Any) -> nn.Module:
     return factory(**options)
 
 
+_CE_AVERAGES = ("weighted", "valid", "all")
+
+
 @register_loss("ce")
 class CrossEntropyLoss(nn.Module):
     """Pixel-wise cross-entropy: mean over non-ignored pixels (weighted by ``class_weights``).
 
-    ``label_smoothing`` as :func:`torch.nn.functional.cross_entropy`'s.
+    ``label_smoothing`` as :func:`torch.nn.functional.cross_entropy`'s. ``average`` says
+    what the summed (class-weighted) pixel losses are divided by: ``"weighted"`` (default,
+    PyTorch's): the sum of the valid pixels' class weights; ``"valid"``: the number of valid
+    pixels (mmseg's ``CrossEntropyLoss(avg_non_ignore=True)``); ``"all"``: the number of all
+    pixels, ignored ones included (mmseg's default ``CrossEntropyLoss``, e.g. PIDNet's
+    P-branch loss). Without class weights and ignored pixels the three agree.
     """
 
     def __init__(
@@ -143,10 +167,14 @@ class CrossEntropyLoss(nn.Module):
         ignore_index: int = 255,
         class_weights: Sequence[float] | None = None,
         label_smoothing: float = 0.0,
+        average: str = "weighted",
     ) -> None:
         super().__init__()
+        if average not in _CE_AVERAGES:
+            raise ValueError(f"average must be one of {list(_CE_AVERAGES)}, got {average!r}")
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
+        self.average = average
         weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weight, persistent=False)
 
@@ -154,13 +182,25 @@ class CrossEntropyLoss(nn.Module):
         if not (target != self.ignore_index).any():
             return logits.sum() * 0.0  # keeps the graph; F.cross_entropy would give NaN
         weight = None if self.class_weights is None else self.class_weights.to(logits.device)
-        return F.cross_entropy(
+        if self.average == "weighted":
+            return F.cross_entropy(
+                logits.float(),
+                target,
+                weight=weight,
+                ignore_index=self.ignore_index,
+                label_smoothing=self.label_smoothing,
+            )
+        pixel = F.cross_entropy(
             logits.float(),
             target,
             weight=weight,
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
+            reduction="none",
         )
+        if self.average == "all":
+            return pixel.mean()
+        return pixel.sum() / (target != self.ignore_index).sum()
 
 
 @register_loss("ohem")
@@ -176,6 +216,10 @@ class OhemCrossEntropyLoss(nn.Module):
         class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        if not 0.0 < thresh <= 1.0:
+            raise ValueError(f"thresh must be in (0, 1], got {thresh}")
+        if min_kept < 0:
+            raise ValueError(f"min_kept must be >= 0, got {min_kept}")
         self.thresh, self.min_kept, self.ignore_index = thresh, min_kept, ignore_index
         weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weight, persistent=False)
@@ -379,95 +423,320 @@ class LovaszLoss(nn.Module):
         return self._flat(logits, target)
 
 
-class SegmentationLoss(nn.Module):
-    """``loss(out) + aux_weight * loss(aux)`` for a model output dict.
+@register_loss("ohem_pidnet")
+class PidnetOhemCrossEntropyLoss(nn.Module):
+    """OHEM as mmseg's ``OhemCrossEntropy`` (from PIDNet's criterion; mmseg's PIDNet and
+    DDRNet recipes use it), which differs from :class:`OhemCrossEntropyLoss` in two ways:
 
-    Args:
-        name: ``"ce"`` or ``"ohem"`` (applied to both ``out`` and ``aux``, as torchcv).
-        ignore_index: label value excluded from the loss (255).
-        class_weights: optional per-class weights (K values).
-        ohem_thresh, ohem_min_kept: OHEM parameters (0.7, 100000).
-        aux_weight: weight of the auxiliary head's loss (0.4); 0 ignores ``aux``.
-        align_corners: used when logits must be resized to the label size.
+    * the kept pixels are those whose true-class probability is strictly below
+      ``max(thresh, p_sorted[min(min_kept, n - 1)])`` (0-based index into the sorted
+      probabilities of the ``n`` valid pixels);
+    * the loss is the plain mean of the kept pixels' class-weighted CE (``class_weights``
+      scale each pixel's loss; the mean divides by the pixel count, not by the weights).
+
+    ``min_kept`` below 1 counts as 1, as mmseg's. No valid (or no kept) pixel gives 0 with
+    the graph kept (mmseg: a constant 0, or NaN when nothing is kept).
     """
 
     def __init__(
         self,
         *,
-        name: str = "ce",
+        thresh: float = 0.7,
+        min_kept: int = 100000,
         ignore_index: int = 255,
         class_weights: Sequence[float] | None = None,
-        ohem_thresh: float = 0.7,
-        ohem_min_kept: int = 100000,
-        aux_weight: float = 0.4,
-        align_corners: bool = False,
     ) -> None:
         super().__init__()
-        if name not in ("ce", "ohem"):
-            raise ValueError(f"unknown loss {name!r}; valid names: 'ce', 'ohem'")
-        self.name = name
-        self.ignore_index = ignore_index
-        self.ohem_thresh = ohem_thresh
-        self.ohem_min_kept = ohem_min_kept
-        self.aux_weight = aux_weight
-        self.align_corners = align_corners
+        if not 0.0 < thresh <= 1.0:
+            raise ValueError(f"thresh must be in (0, 1], got {thresh}")
+        self.thresh, self.min_kept, self.ignore_index = thresh, max(1, int(min_kept)), ignore_index
         weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weight, persistent=False)
 
-    def single(self, logits: Tensor, target: Tensor) -> Tensor:
-        """The loss of one logits map against the labels."""
-        if logits.shape[-2:] != target.shape[-2:]:
-            logits = F.interpolate(
-                logits.float(),
-                size=target.shape[-2:],
-                mode="bilinear",
-                align_corners=self.align_corners,
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits = logits.float()
+        valid = target != self.ignore_index
+        num_valid = int(valid.sum())
+        if num_valid == 0:
+            return logits.sum() * 0.0
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        pixel = F.cross_entropy(
+            logits, target, weight=weight, ignore_index=self.ignore_index, reduction="none"
+        )
+        with torch.no_grad():
+            prob = logits.softmax(dim=1)
+            true_prob = prob.gather(1, target.masked_fill(~valid, 0).unsqueeze(1)).squeeze(1)
+            k = min(self.min_kept, num_valid - 1) + 1  # 1-based rank of mmseg's sorted[min(..)]
+            kth = true_prob[valid].kthvalue(k).values
+            threshold = torch.clamp(kth, min=self.thresh)
+            kept = valid & (true_prob < threshold)
+        if not kept.any():
+            return logits.sum() * 0.0
+        return pixel[kept].mean()
+
+
+def loss_class(name: str) -> LossFactory:
+    """The class (or factory) registered as ``name``."""
+    try:
+        return _LOSSES[name]
+    except KeyError:
+        raise KeyError(f"unknown loss {name!r}; valid names are {list_losses()}") from None
+
+
+def loss_options(name: str) -> list[str]:
+    """The options :func:`create_loss` accepts for ``name``."""
+    return [p for p in inspect.signature(loss_class(name)).parameters if p != "self"]
+
+
+# --------------------------------------------------------------------- the loss of a model
+
+ErrorFactory = Callable[[str, str], Exception]
+# create_loss options the trainer fills in from the run when a term does not set them
+_CONTEXT_OPTIONS = ("ignore_index", "num_classes", "align_corners")
+# option names of the single-loss config form, for error messages naming the file's key
+_LEGACY_NAMES = {
+    "class_weights": "class_weights",
+    "thresh": "ohem_thresh",
+    "min_kept": "ohem_min_kept",
+}
+
+
+def _config_error(key: str, message: str) -> Exception:
+    return ConfigError(f"key '{key}': {message}")
+
+
+class _Term(nn.Module):
+    """One weighted term: the loss module, its weight and the name its parts are logged as."""
+
+    def __init__(self, name: str, weight: float, loss: nn.Module) -> None:
+        super().__init__()
+        self.name, self.weight, self.loss = name, float(weight), loss
+        self.takes_outputs = bool(getattr(loss, "takes_outputs", False))
+
+
+class SegmentationLoss(nn.Module):
+    """The training loss of a model's output dict: weighted terms per output key.
+
+    Args:
+        terms: output key -> list of term specs ``{"name", "weight", **options}`` or bare
+            names (:func:`create_loss` names and options; ``weight`` 1.0). ``"aux"``
+            is the default of every ``aux*`` output without its own entry; without an
+            ``"aux"`` entry either, an ``aux*`` output gets the ``out`` terms (except those
+            that take the whole outputs) x ``aux_weight``. Default: ``{"out": [ce]}``.
+        aux_weight: that scale (0.4, as mmseg, PKUSeg, torchcv, CSAIL and the PSPNet
+            paper); 0 leaves such outputs out.
+        ignore_index, num_classes, align_corners: passed to every loss that takes them
+            and whose term does not set them (``ignore_index``: the dataset's).
+        key_prefix, legacy: how errors name a term's key (``loss.out.0.smooth``; with
+            ``legacy``, the single-loss config form's ``loss.ohem_thresh`` etc.).
+        error: builds the exception for a bad term, ``error(key, message)``.
+
+    ``forward(outputs, target)`` returns ``(total, parts)``: ``total`` is the sum of
+    weight x term over the outputs present (an ``aux*`` output that is None is skipped);
+    ``parts`` (detached) holds each term's value before its weight, as ``loss_<key>`` when
+    the key has one term and ``loss_<key>_<name>`` otherwise (``_2``, ``_3`` for repeated
+    names); a term returning a dict of
+    named (already weighted) parts logs them as ``loss_<key>_<part>`` (a ``loss_`` prefix of
+    the part's name dropped) and adds their sum.
+    Logits maps are resized to the label size (bilinear, ``align_corners``) before the
+    terms that take one output; a term whose loss class has ``takes_outputs = True`` is
+    called as ``loss(outputs, target)`` with the whole dict, unresized.
+    """
+
+    def __init__(
+        self,
+        terms: Mapping[str, Sequence[Mapping[str, Any] | str]] | None = None,
+        *,
+        aux_weight: float = 0.4,
+        ignore_index: int = 255,
+        num_classes: int | None = None,
+        align_corners: bool = False,
+        key_prefix: str = "loss",
+        legacy: bool = False,
+        error: ErrorFactory = _config_error,
+    ) -> None:
+        super().__init__()
+        if terms is None:
+            terms = {"out": [{"name": "ce", "weight": 1.0}]}
+        if "out" not in terms:
+            raise error(f"{key_prefix}.out", f"missing: the terms of 'out' (given {list(terms)})")
+        context = {
+            "ignore_index": ignore_index,
+            "num_classes": num_classes,
+            "align_corners": align_corners,
+        }
+        self.aux_weight = float(aux_weight)
+        self.ignore_index = ignore_index
+        self.align_corners = align_corners
+        self.heads = nn.ModuleDict()
+        for out_key, specs in terms.items():
+            built = [
+                self._build_term(spec, f"{key_prefix}.{out_key}.{i}", context, legacy, error)
+                for i, spec in enumerate(specs)
+            ]
+            self.heads[out_key] = nn.ModuleList(built)
+        self._derived_aux = nn.ModuleList(
+            _Term(t.name, t.weight * self.aux_weight, t.loss)
+            for t in self.heads["out"]
+            if not t.takes_outputs
+        )
+
+    @staticmethod
+    def _build_term(
+        spec: Mapping[str, Any] | str,
+        key: str,
+        context: Mapping[str, Any],
+        legacy: bool,
+        error: ErrorFactory,
+    ) -> _Term:
+        def where(option: str) -> str:
+            if legacy and key.endswith(".out.0"):
+                base = key[: -len(".out.0")]
+                return f"{base}.{_LEGACY_NAMES.get(option, option)}"
+            return f"{key}.{option}"
+
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        name = spec.get("name")
+        if name not in _LOSSES:
+            close = difflib.get_close_matches(str(name), list_losses(), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise error(where("name"), f"unknown loss {name!r}; {hint}valid: {list_losses()}")
+        weight = float(spec.get("weight", 1.0))
+        options = {k: v for k, v in spec.items() if k not in ("name", "weight")}
+        valid = loss_options(name)
+        for option in options:
+            if option not in valid:
+                close = difflib.get_close_matches(option, valid, n=1, cutoff=0.6)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise error(
+                    where(option),
+                    f"loss {name!r} has no option {option!r}; {hint}its options are "
+                    f"{', '.join(valid) or '(none)'} (and every term's weight)",
+                )
+        given = options.get("ignore_index", context["ignore_index"])
+        if given != context["ignore_index"]:
+            raise error(
+                where("ignore_index"),
+                f"{given!r} differs from the dataset's ignore index {context['ignore_index']} "
+                "(the one every loss term uses); remove it",
             )
-        weight = self.class_weights
-        if weight is not None:
-            weight = weight.to(logits.device)
-        if self.name == "ohem":
-            return ohem_cross_entropy(
-                logits,
-                target,
-                thresh=self.ohem_thresh,
-                min_kept=self.ohem_min_kept,
-                ignore_index=self.ignore_index,
-                weight=weight,
-            )
-        return cross_entropy(logits, target, ignore_index=self.ignore_index, weight=weight)
+        weights = options.get("class_weights")
+        k = context["num_classes"]
+        if weights is not None:
+            if not isinstance(weights, (list, tuple)) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights
+            ):
+                raise error(where("class_weights"), f"expected a list of numbers, got {weights!r}")
+            if k is not None and len(weights) != k:
+                raise error(
+                    where("class_weights"),
+                    f"has {len(weights)} values but model.num_classes is {k}",
+                )
+            if not all(math.isfinite(w) and w >= 0 for w in weights):
+                raise error(where("class_weights"), f"values must be finite and >= 0: {weights}")
+        for option in _CONTEXT_OPTIONS:
+            if option in valid and option not in options and context[option] is not None:
+                options[option] = context[option]
+        try:
+            loss = create_loss(name, **options)
+        except (ValueError, TypeError, KeyError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise error(key, f"cannot build loss {name!r} with {options}: {msg}") from exc
+        return _Term(name, weight, loss)
+
+    def _terms_for(self, key: str) -> nn.ModuleList | None:
+        if key in self.heads:
+            return self.heads[key]
+        if key.startswith("aux"):
+            if "aux" in self.heads:
+                return self.heads["aux"]
+            return self._derived_aux if self.aux_weight > 0 else None
+        return None
+
+    def _resize(self, logits: Tensor, target: Tensor) -> Tensor:
+        if logits.shape[-2:] == target.shape[-2:]:
+            return logits
+        return F.interpolate(
+            logits.float(),
+            size=target.shape[-2:],
+            mode="bilinear",
+            align_corners=self.align_corners,
+        )
 
     def forward(
-        self, outputs: Mapping[str, Tensor], target: Tensor
+        self, outputs: Mapping[str, Tensor] | Tensor, target: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Return ``(total, {"loss_out": ..., "loss_aux": ...})`` (parts detached).
-
-        Every output whose key starts with ``"aux"`` (the auxiliary head's ``"aux"``,
-        and the extra logits some decode heads return, e.g. OCRNet's) adds
-        ``aux_weight`` x its loss, logged as ``"loss_<key>"``; other keys (e.g.
-        Mask2Former's ``class_logits``) are not logits maps and are left alone.
-        """
-        loss_out = self.single(outputs["out"], target)
-        parts = {"loss_out": loss_out.detach()}
-        total = loss_out
-        if self.aux_weight > 0:
-            for key in sorted(k for k in outputs if k.startswith("aux")):
-                if outputs[key] is None:
-                    continue
-                loss_aux = self.single(outputs[key], target)
-                parts[f"loss_{key}"] = loss_aux.detach()
-                total = total + self.aux_weight * loss_aux
+        """``(total, parts)``; see the class docstring."""
+        if isinstance(outputs, Tensor):
+            outputs = {"out": outputs}
+        keys = ["out", *sorted(k for k in outputs if k != "out" and k.startswith("aux"))]
+        keys += [k for k in self.heads if k not in keys and k != "aux"]
+        total: Tensor | None = None
+        parts: dict[str, Tensor] = {}
+        for key in keys:
+            terms = self._terms_for(key)
+            if not terms:
+                continue
+            logits = outputs.get(key)
+            if logits is None and key.startswith("aux") and key in outputs:
+                continue  # an auxiliary output the model did not compute
+            needs_map = any(not t.takes_outputs for t in terms)
+            if needs_map and logits is None:
+                raise ConfigError(
+                    f"key 'loss.{key}': the model returned no {key!r} output (it returned "
+                    f"{sorted(outputs)}); remove the loss entry or change the model"
+                )
+            resized = self._resize(logits, target) if needs_map else None
+            seen: dict[str, int] = {}
+            for term in terms:
+                value = (
+                    term.loss(outputs, target) if term.takes_outputs else term.loss(resized, target)
+                )
+                n = seen[term.name] = seen.get(term.name, 0) + 1
+                tag = term.name if n == 1 else f"{term.name}_{n}"
+                if isinstance(value, Mapping):
+                    value = dict(value)
+                    prefix = f"loss_{key}_" if n == 1 else f"loss_{key}_{tag}_"
+                    for part, v in value.items():
+                        parts[prefix + part.removeprefix("loss_")] = v.detach()
+                    value = torch.stack([v.reshape(()) for v in value.values()]).sum()
+                else:
+                    parts[f"loss_{key}" if len(terms) == 1 else f"loss_{key}_{tag}"] = (
+                        value.detach()
+                    )
+                contribution = value if term.weight == 1.0 else term.weight * value
+                total = contribution if total is None else total + contribution
+        if total is None:
+            raise ValueError("the loss has no term for any output of the model")
         return total, parts
 
 
-def build_loss(cfg: LossConfig, *, align_corners: bool = False) -> SegmentationLoss:
-    """The loss described by the config's ``loss`` section."""
+def build_loss(
+    cfg: LossConfig,
+    *,
+    align_corners: bool = False,
+    num_classes: int | None = None,
+    ignore_index: int | None = None,
+    error: ErrorFactory = _config_error,
+) -> SegmentationLoss:
+    """The loss described by the config's ``loss`` section.
+
+    ``ignore_index`` defaults to ``cfg.ignore_index`` (the dataset's). A bad term raises
+    ``error(key, message)`` (:class:`~seg_trainer.config.ConfigError` by default) naming
+    its key.
+    """
+    if ignore_index is None:
+        ignore_index = cfg.ignore_index
     return SegmentationLoss(
-        name=cfg.name,
-        ignore_index=cfg.ignore_index,
-        class_weights=cfg.class_weights,
-        ohem_thresh=cfg.ohem_thresh,
-        ohem_min_kept=cfg.ohem_min_kept,
+        cfg.terms,
         aux_weight=cfg.aux_weight,
+        ignore_index=ignore_index,
+        num_classes=num_classes,
         align_corners=align_corners,
+        legacy=cfg.legacy,
+        error=error,
     )
+
+
+from . import boundary_losses as _boundary_losses  # noqa: E402, F401  (registers them)

@@ -215,7 +215,13 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # Keys whose change makes a checkpoint unusable (different parameters or labels).
-_INCOMPATIBLE = ("model.", "data.dataset", "optimizer.name", "optimizer.head_lr_mult")
+_INCOMPATIBLE = (
+    "model.",
+    "data.dataset",
+    "optimizer.name",
+    "optimizer.head_lr_mult",
+    "optimizer.layer_decay",  # also layer_decay_type / layer_decay_num_layers: the groups change
+)
 
 
 def _check_compatible(ckpt_cfg: Any, cfg: Config, path: Path) -> None:
@@ -466,7 +472,9 @@ def build(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.schedule, max_iters=cfg.train.max_iters)
-    criterion = build_loss(cfg.loss, align_corners=cfg.model.align_corners)
+    criterion = build_loss(
+        cfg.loss, align_corners=cfg.model.align_corners, num_classes=cfg.model.num_classes
+    )
     return model, optimizer, scheduler, criterion
 
 
