@@ -149,9 +149,10 @@ def bench(session: nox.Session) -> None:
     """Benchmarks (speed, memory) side by side with peers from PyPI; never run by CI.
 
     Runs every ``tests/benchmarks/bench_*.py`` script, or only those named in posargs
-    (e.g. ``nox -s bench -- metrics``).
+    (e.g. ``nox -s bench -- metrics``). The trainer comes with its ``deploy`` extra (onnx,
+    onnxruntime, onnxscript, openvino): ``bench_deploy.py`` times those runtimes.
     """
-    _install(session, ALL_LOCAL, extra=None)
+    _install(session, ALL_LOCAL, extra="deploy")
     session.install("torchvision>=0.19", "torchmetrics>=1.0")
     scripts = sorted((ROOT / "tests" / "benchmarks").glob("bench_*.py"))
     wanted = set(session.posargs)

@@ -175,3 +175,94 @@ def test_bad_mode_is_explained(dataset, accelerator) -> None:
     loader = DataLoader(dataset, batch_size=2, collate_fn=collate)
     with pytest.raises(ValueError, match="mode must be one of"):
         evaluate(TinyNet(), loader, accelerator, num_classes=K, mode="tiled")
+
+
+# ------------------------------------------------- seg-eval --backend onnxruntime | openvino
+
+DEPLOY_CONFIG = {
+    "output_dir": "unused",
+    "model": {"name": "pspnet", "backbone": "resnet18", "num_classes": K, "output_stride": 16,
+              "aux": False, "head_kwargs": {"channels": 8}},
+    "data": {"dataset": "synthetic", "dataset_options": {"num_samples": 4, "size": [40, 52],
+             "num_classes": K},
+             "val_transforms": [{"Normalize": {"mean": [120.0, 110.0, 100.0],
+                                               "std": [50.0, 60.0, 70.0]}}],
+             "num_workers": 0},
+    "evaluation": {"batch_size": 2, "crop_size": [32, 32], "stride": [21, 21]},
+    "train": {"max_iters": 1},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """A checkpoint of a model with trained-like BatchNorm statistics and O(10) logits that
+    predict every class, and its seg-export ONNX file (PSPNet: adaptive pooling under
+    dynamic shapes)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from seg_trainer.build import build_dataset, build_model
+    from seg_trainer.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from seg_trainer.config import config_from_dict
+    from seg_trainer.export import main as export_main
+
+    cfg = config_from_dict(DEPLOY_CONFIG)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.momentum = None  # cumulative average of the two passes below
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64, generator=g))
+        model.decode_head.conv_seg.weight.mul_(300.0)
+        model.eval()
+        images = torch.stack([s["image"] for s in build_dataset(cfg, "val")])
+        logits = model(images)["out"]  # centre the classes: each one is predicted somewhere
+        model.decode_head.conv_seg.bias.sub_(logits.mean((0, 2, 3)))
+    root = tmp_path_factory.mktemp("deploy")
+    ckpt, onnx_path = root / "model.pth", root / "model.onnx"
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+                     "config": cfg.to_dict(), "iteration": 11}, ckpt)  # fmt: skip
+    assert export_main(["--checkpoint", str(ckpt), "--format", "onnx", "--output",
+                        str(onnx_path), "--size", "48", "64"]) == 0  # fmt: skip
+    return {"torch": ckpt, "onnxruntime": onnx_path, "openvino": onnx_path}
+
+
+def _seg_eval(model: Path, backend: str, out: Path, mode: str) -> dict:
+    from seg_trainer.evaluate import main
+
+    return main(["--checkpoint", str(model), "--backend", backend, "--mode", mode, "--cpu",
+                 "--no-progress", "--threads", "1", "--save-predictions",
+                 "--set", f"output_dir={out}"])  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_seg_eval_through_a_runtime_gives_the_pytorch_metrics(
+    exported: dict[str, Path], tmp_path: Path, backend: str, mode: str
+) -> None:
+    """CamVid's acceptance criterion (mIoU equal to 0.01) on the synthetic set, same code."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    ref = _seg_eval(exported["torch"], "torch", tmp_path, mode)
+    got = _seg_eval(exported[backend], backend, tmp_path, mode)
+    assert got["backend"] == backend and ref["backend"] == "torch"
+    assert got["iteration"] == ref["iteration"] == 11  # from the ONNX metadata
+    assert got["evaluation"] == ref["evaluation"] and got["evaluation"]["mode"] == mode
+    # the JSON and predictions of each backend are kept apart
+    assert (tmp_path / f"eval_val_{mode}.json").is_file()
+    assert (tmp_path / f"eval_val_{mode}_{backend}.json").is_file()
+    m_ref, m_got = ref["metrics"], got["metrics"]
+    cm_ref, cm_got = np.array(m_ref["confusion"]), np.array(m_got["confusion"])
+    assert (cm_ref.sum(0) > 0.01 * cm_ref.sum()).all()  # every class is predicted
+    assert cm_got.sum() == cm_ref.sum() == m_ref["num_pixels"]
+    assert np.abs(cm_got - cm_ref).sum() <= 0.001 * cm_ref.sum()  # pixels whose class moved
+    assert abs(m_got["miou"] - m_ref["miou"]) <= 1e-4  # the criterion is 0.01
+    preds = sorted((tmp_path / f"predictions_val_{backend}" / "pred").glob("*.png"))
+    assert len(preds) == 4
+    for p in preds:
+        a = np.asarray(Image.open(p))
+        b = np.asarray(Image.open(tmp_path / "predictions_val" / "pred" / p.name))
+        assert (a != b).mean() <= 0.001

@@ -242,3 +242,56 @@ def test_errors_are_clear(checkpoint: Path, tmp_path: Path, capsys) -> None:
         runtime_model(tmp_path / "missing.onnx", "onnxruntime")
     assert available_backends()[:2] == ["torch", "onnxruntime"]
     assert ("openvino" in available_backends()) == HAS_OPENVINO
+
+
+def _code(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        cli(argv)
+    return exc.value.code
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_exit_codes_name_the_problem(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """The scheme of seg_trainer.errors: 2 config/option, 3 checkpoint; one line each."""
+    out = ["--format", "onnx", "--output", str(tmp_path / "x.onnx")]
+    assert _code(["--checkpoint", str(checkpoint), *out, "--set", "model.name=nope"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("seg-export: config error:") and "'nope'" in line
+    assert _code(["--checkpoint", str(checkpoint), *out, "--size", "1", "48"]) == 2
+    assert "--size" in capsys.readouterr().err
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(checkpoint.read_bytes()[:100])
+    assert _code(["--checkpoint", str(broken), *out]) == 3
+    assert _one_line(capsys.readouterr().err).startswith("seg-export: checkpoint error:")
+    assert _code(["--checkpoint", str(checkpoint), *out, "--set", "model.num_classes=5"]) == 3
+    assert "differ in shape" in _one_line(capsys.readouterr().err)
+    assert _code(["--checkpoint", str(tmp_path / "none.pth"), *out]) == 2
+    assert "not found" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_unexportable_model_is_exit_10_naming_the_op(
+    checkpoint: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Both exporters fail (as for an op without an ONNX symbolic): one error, exit 10."""
+    import seg_heads.export as seg_export
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(
+            "Exporting the operator 'aten::fancy_pool' to ONNX opset version 17 is not supported"
+        )
+
+    monkeypatch.setattr(seg_export, "_onnx_legacy", refuse)
+    monkeypatch.setattr(seg_export, "_onnx_dynamo", refuse)
+    target = tmp_path / "x.onnx"
+    argv = ["--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(target),
+            "--size", *SIZE]  # fmt: skip
+    assert _code(argv) == 10
+    err = capsys.readouterr().err
+    assert err.startswith("seg-export: export failed: cannot export") and "Traceback" not in err
+    assert "aten::fancy_pool" in err and not target.exists()

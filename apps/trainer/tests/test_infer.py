@@ -119,3 +119,103 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys) -> None:
              "--output", str(tmp_path / "o")])  # fmt: skip
     assert exc.value.code == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------ seg-infer --backend onnxruntime | openvino
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> dict[str, Path]:
+    """A checkpoint whose model predicts every class (trained-like BatchNorm statistics,
+    centred logits of O(10)), its seg-export ONNX file, and input images of odd sizes."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from seg_trainer.export import main as export_main
+
+    config = {**CONFIG, "evaluation": {"crop_size": [24, 24], "stride": [16, 16]}}
+    config["model"] = {**CONFIG["model"], "output_stride": 8}
+    cfg = config_from_dict(config)
+    rng = np.random.default_rng(1)
+    pictures = {  # blocks of colour: predictions that change across the image
+        name: np.asarray(
+            Image.fromarray(rng.integers(0, 256, (h // 6, w // 6, 3), dtype=np.uint8)).resize(
+                (w, h), Image.NEAREST
+            )
+        )
+        for name, (h, w) in {"a": (30, 41), "b": (45, 57)}.items()
+    }
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64, generator=g))
+        model.decode_head.conv_seg.weight.mul_(300.0)
+        model.eval()
+        mean = torch.tensor([123.675, 116.28, 103.53])[:, None, None]
+        std = torch.tensor([58.395, 57.12, 57.375])[:, None, None]
+        x = (torch.from_numpy(pictures["b"].copy()).permute(2, 0, 1).float() - mean) / std
+        logits = model(x[None])["out"]  # centre the classes: each one is predicted somewhere
+        model.decode_head.conv_seg.bias.sub_(logits.mean((0, 2, 3)))
+    root = tmp_path_factory.mktemp("deployed")
+    ckpt, onnx_path = root / "model.pth", root / "model.onnx"
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+                     "config": cfg.to_dict(), "iteration": 0}, ckpt)  # fmt: skip
+    assert export_main(["--checkpoint", str(ckpt), "--format", "onnx", "--output",
+                        str(onnx_path), "--size", "32", "32"]) == 0  # fmt: skip
+    images = root / "images"
+    images.mkdir()
+    for name, picture in pictures.items():
+        Image.fromarray(picture).save(images / f"{name}.png")
+    return {"torch": ckpt, "onnxruntime": onnx_path, "openvino": onnx_path, "images": images}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--mode", "whole"],
+        ["--mode", "slide"],
+        ["--mode", "whole", "--set", "evaluation.flip=true"],
+    ],
+    ids=["whole", "slide", "whole-flip"],
+)
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_runtime_backends_write_the_pytorch_masks(
+    deployed: dict[str, Path], tmp_path: Path, backend: str, options: list[str], capsys
+) -> None:
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    outs = {}
+    for b in ("torch", backend):
+        outs[b] = tmp_path / b
+        argv = [
+            "--checkpoint",
+            str(deployed[b]),
+            "--backend",
+            b,
+            "--input",
+            str(deployed["images"]),
+            "--output",
+            str(outs[b]),
+            "--cpu",
+            "--threads",
+            "1",
+        ]
+        with pytest.raises(SystemExit) as exc:
+            cli([*argv, *options])  # fmt: skip
+        assert exc.value.code == 0
+        assert "wrote 2 predictions" in capsys.readouterr().out
+    for name, size in (("a", (30, 41)), ("b", (45, 57))):
+        ref = np.asarray(Image.open(outs["torch"] / "masks" / f"{name}.png"))
+        got = np.asarray(Image.open(outs[backend] / "masks" / f"{name}.png"))
+        assert ref.shape == got.shape == size
+        assert len(np.unique(ref)) >= 2  # not one class everywhere
+        assert (got != ref).mean() <= 0.001  # fp32 rounding may move a tie, nothing more
+        for sub in ("color", "overlay"):
+            a = np.asarray(Image.open(outs["torch"] / sub / f"{name}.png"))
+            b = np.asarray(Image.open(outs[backend] / sub / f"{name}.png"))
+            assert (np.any(a != b, axis=-1) <= (got != ref)).all()

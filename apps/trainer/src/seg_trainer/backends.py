@@ -18,7 +18,13 @@ cfg_dict = exported_config("model.onnx")    # the trainer config seg-export stor
 The ONNX file's metadata (``seg_heads.export.read_onnx_metadata``) carries the class names,
 palette, mean/std and colour order, so :func:`normalize_image` prepares a picture without
 any config. onnxruntime and OpenVINO are optional (``pip install seg-trainer[deploy]``);
-a missing one raises :class:`BackendUnavailable` naming the package.
+a missing one raises :class:`BackendUnavailable` naming the package (``seg-infer`` /
+``seg-eval`` report it as one line with exit code 9, :mod:`seg_trainer.errors`).
+
+The command-line tools load the model of ``--backend`` with :func:`load_inference_model`:
+``torch`` builds the config's model and loads the checkpoint strictly, the runtimes open
+the ``.onnx`` file; with both, the config is the one stored in the file (``--config``
+replaces it, ``--set`` edits it) and the rest of the code path is the same.
 """
 
 from __future__ import annotations
@@ -31,23 +37,34 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from seg_trainer.checkpoint import CheckpointError
+from seg_trainer.errors import MissingDependency
+
 __all__ = [
     "BACKENDS",
     "BackendUnavailable",
+    "NotAnExportedModel",
     "OnnxRuntimeModel",
     "OpenVINOModel",
     "available_backends",
     "exported_config",
+    "load_inference_model",
     "normalize_image",
     "runtime_model",
+    "stored_config",
 ]
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
-class BackendUnavailable(ImportError):
+class BackendUnavailable(MissingDependency):
     """The runtime of a backend is not installed; the message says what to install."""
+
+
+class NotAnExportedModel(CheckpointError, ValueError):
+    """A runtime backend was given something other than an ONNX file (or the reverse), or
+    the runtime cannot load the file; the message names the file and the fix."""
 
 
 def _require(backend: str) -> Any:
@@ -85,15 +102,32 @@ def _check_file(path: str | Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"exported model not found: {path}")
     if path.suffix.lower() != ".onnx":
-        raise ValueError(
+        raise NotAnExportedModel(
             f"{path}: the onnxruntime / openvino backends run ONNX files (.onnx, written by "
             "seg-export --format onnx); use --backend torch for checkpoints"
         )
     return path
 
 
+def _unloadable(path: Path, backend: str, exc: BaseException) -> NotAnExportedModel:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return NotAnExportedModel(
+        f"{path}: {backend} cannot load this file ({first}); is it a complete ONNX file "
+        "written by seg-export --format onnx?"
+    )
+
+
+#: how onnxruntime / OpenVINO word a failed allocation (seg-infer reports MemoryError as
+#: "does not fit in memory, use slide mode", as it does for PyTorch)
+_OUT_OF_MEMORY = ("bad_alloc", "bad allocation", "failed to allocate", "out of memory")
+
+
 class _RuntimeModel(nn.Module):
-    """Common part: metadata, the tensor <-> array conversion, no parameters."""
+    """Common part: metadata, the tensor <-> array conversion, no parameters.
+
+    A failure of the runtime is a ``RuntimeError`` naming the backend and the input shape;
+    a failed allocation a ``MemoryError`` (what PyTorch's CPU allocator raises).
+    """
 
     backend = ""
 
@@ -110,7 +144,20 @@ class _RuntimeModel(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected N x 3 x H x W images, got {tuple(images.shape)}")
         x = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
-        out = torch.from_numpy(np.asarray(self._run(x), dtype=np.float32))
+        try:
+            result = self._run(x)
+        except MemoryError:
+            raise
+        except Exception as exc:  # the runtimes' own types, none of them a RuntimeError
+            shape = "x".join(map(str, x.shape))
+            text = str(exc).strip()
+            first = text.splitlines()[0] if text else type(exc).__name__
+            if any(sign in text.lower() for sign in _OUT_OF_MEMORY):
+                raise MemoryError(
+                    f"{self.backend} ran out of memory on a {shape} input ({first})"
+                ) from exc
+            raise RuntimeError(f"{self.backend} failed on a {shape} input: {first}") from exc
+        out = torch.from_numpy(np.asarray(result, dtype=np.float32))
         return out.to(images.device)
 
     def extra_repr(self) -> str:
@@ -143,9 +190,12 @@ class OnnxRuntimeModel(_RuntimeModel):
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(
-            str(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
+            )
+        except Exception as exc:  # onnxruntime's own exception types
+            raise _unloadable(self.path, "onnxruntime", exc) from exc
         self.input_name = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
         self.output_name = "out" if "out" in outputs else outputs[0]
@@ -186,7 +236,10 @@ class OpenVINOModel(_RuntimeModel):
             config["INFERENCE_PRECISION_HINT"] = precision
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = core.compile_model(core.read_model(str(self.path)), device, config)
+        try:
+            self.compiled = core.compile_model(core.read_model(str(self.path)), device, config)
+        except Exception as exc:  # OpenVINO raises RuntimeError for everything
+            raise _unloadable(self.path, "openvino", exc) from exc
         outputs = self.compiled.outputs
         names = [o.get_any_name() for o in outputs]
         self.output = outputs[names.index("out")] if "out" in names else outputs[0]
@@ -240,3 +293,66 @@ def normalize_image(image: np.ndarray, metadata: Mapping[str, Any]) -> Tensor:
     inv_std = 1.0 / np.asarray(metadata["std"], dtype=np.float32)  # as seg_data's Normalize
     img = (img - mean) * inv_std
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
+
+
+def stored_config(path: str | Path, backend: str) -> tuple[dict[str, Any] | None, Any]:
+    """The trainer config stored with the model of ``backend``, and the loaded checkpoint.
+
+    ``"torch"``: the checkpoint's ``config`` (and the checkpoint, loaded once); the runtimes:
+    the config ``seg-export`` wrote into the ONNX metadata (checkpoint ``None``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        NotAnExportedModel: an ``.onnx`` file with ``backend="torch"``, or a checkpoint
+            with a runtime backend (a :class:`~seg_trainer.checkpoint.CheckpointError`).
+        CheckpointError: the checkpoint is corrupt.
+    """
+    from seg_trainer.checkpoint import load_checkpoint
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")
+    if backend == "torch":
+        if Path(path).suffix.lower() == ".onnx":
+            raise NotAnExportedModel(
+                f"{path} is an exported ONNX model: run it with --backend onnxruntime (or "
+                "openvino); --backend torch loads checkpoints (.pth, .safetensors)"
+            )
+        checkpoint = load_checkpoint(path)
+        stored = checkpoint.get("config")
+        return (stored if isinstance(stored, dict) else None), checkpoint
+    return exported_config(path), None
+
+
+def load_inference_model(
+    cfg: Any,
+    path: str | Path,
+    backend: str,
+    *,
+    checkpoint: Mapping[str, Any] | None = None,
+    threads: int | None = None,
+) -> nn.Module:
+    """The eval-mode model ``seg-infer`` / ``seg-eval`` run for ``backend``.
+
+    ``"torch"``: the model of ``cfg`` with ``checkpoint`` (loaded from ``path`` when not
+    given) loaded strictly (``seg_trainer.evaluate.load_model``); the runtimes:
+    :func:`runtime_model`, whose number of classes must equal ``cfg.model.num_classes``.
+
+    Raises:
+        BackendUnavailable: the runtime is not installed.
+        CheckpointError: the file does not fit ``cfg`` or cannot be loaded.
+    """
+    if backend == "torch":
+        from seg_trainer.checkpoint import load_checkpoint
+        from seg_trainer.evaluate import load_model
+
+        state = dict(checkpoint) if checkpoint is not None else load_checkpoint(path)
+        return load_model(cfg, state, path).eval()
+    model = runtime_model(path, backend, threads=threads)
+    k = model.num_classes
+    if k is not None and k != cfg.model.num_classes:
+        raise CheckpointError(
+            f"{path} predicts {k} classes but the config has model.num_classes "
+            f"{cfg.model.num_classes}; pass the config the model was exported with "
+            f"(or none: the file carries it)"
+        )
+    return model.eval()

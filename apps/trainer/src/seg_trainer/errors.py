@@ -1,4 +1,4 @@
-"""The errors ``seg-train``, ``seg-eval`` and ``seg-infer`` report, and their exit codes.
+"""The errors ``seg-train``, ``seg-eval``, ``seg-infer`` and ``seg-export`` report, and their exit codes.
 
 Every documented error reaches the user as one clear line (``seg-train: <kind>: <message>``)
 and an exit code of its own, never a traceback; ``--debug`` re-raises it with the
@@ -20,6 +20,11 @@ code  meaning
 7     storage error: output_dir not writable, too little free space, a write failed
 8     evaluation failed: training finished and every checkpoint is in place, but the
       final (or a periodic) evaluation failed; or the model produced NaN logits
+9     missing dependency: an optional package is not installed, e.g. ``--backend
+      onnxruntime|openvino`` or ``seg-export --format onnx`` without onnx / onnxruntime /
+      openvino (the message names the ``pip install 'seg-trainer[deploy]'``)
+10    export failed (seg-export): the model cannot be exported, or the export does not
+      reproduce PyTorch within the tolerance (the message names the op)
 75    stopped by SIGTERM/SIGINT: the current step finished and a checkpoint was
       written; continue with ``--resume auto`` (75 = EX_TEMPFAIL, "try again")
 130   a second SIGINT (Ctrl-C): stopped at once, nothing saved after the last checkpoint
@@ -41,10 +46,13 @@ __all__ = [
     "EXIT_DATA",
     "EXIT_DIVERGED",
     "EXIT_EVALUATION",
+    "EXIT_EXPORT",
     "EXIT_INTERRUPTED",
+    "EXIT_MISSING_DEPENDENCY",
     "EXIT_OUTPUT_BUSY",
     "EXIT_STORAGE",
     "EvaluationFailed",
+    "MissingDependency",
     "OutputDirBusy",
     "StorageError",
     "TrainingDiverged",
@@ -60,6 +68,8 @@ EXIT_DATA = 5
 EXIT_OUTPUT_BUSY = 6
 EXIT_STORAGE = 7
 EXIT_EVALUATION = 8
+EXIT_MISSING_DEPENDENCY = 9
+EXIT_EXPORT = 10
 EXIT_INTERRUPTED = 75
 EXIT_SIGINT = 130
 
@@ -89,15 +99,22 @@ class EvaluationFailed(RuntimeError):
     """An evaluation failed; during training every checkpoint written so far is intact."""
 
 
+class MissingDependency(ImportError):
+    """An optional package a command needs is not installed; the message says what to install."""
+
+
 def _kinds() -> list[tuple[type[BaseException], int, str]]:
     """(exception class, exit code, label) in matching order (most specific first)."""
     from seg_data import DatasetError
+    from seg_heads.export import ExportError
 
     from .checkpoint import CheckpointError
     from .config import ConfigError
 
     return [
         (TrainingInterrupted, EXIT_INTERRUPTED, "stopped"),
+        (MissingDependency, EXIT_MISSING_DEPENDENCY, "missing dependency"),
+        (ExportError, EXIT_EXPORT, "export failed"),
         (TrainingDiverged, EXIT_DIVERGED, "training diverged"),
         (EvaluationFailed, EXIT_EVALUATION, "evaluation failed"),
         (OutputDirBusy, EXIT_OUTPUT_BUSY, "output_dir busy"),

@@ -22,6 +22,15 @@ Logits are resized to the label's size: labels stay at their original
 resolution, as in mmseg's ``rescale=True`` testing. NaN logits are an error
 (:class:`~seg_trainer.errors.EvaluationFailed` naming the image), never a
 prediction: ``argmax`` would silently count them as class 0.
+
+``seg-eval --backend onnxruntime|openvino --checkpoint model.onnx`` evaluates the file
+``seg-export`` wrote: the config comes from its metadata, the model from
+:func:`seg_trainer.backends.runtime_model` (on the CPU), and the loader, the inference
+modes and the metrics are this module's, unchanged. Its metrics JSON and saved
+predictions get the backend's name (``eval_<split>_<mode>_onnxruntime.json``,
+``predictions_<split>_onnxruntime/``) so that they never overwrite PyTorch's. A runtime
+that is not installed is one line naming ``pip install 'seg-trainer[deploy]'`` and exit
+status 9 (:mod:`seg_trainer.errors`).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from seg_trainer.backends import BACKENDS
 from seg_trainer.errors import EvaluationFailed, report_errors
 from seg_trainer.inference import MODES, predict_logits
 from seg_trainer.visualize import colorize
@@ -354,8 +364,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="YAML config (default: the config stored in the checkpoint)")
     p.add_argument(
-        "--checkpoint", required=True, help="checkpoint (.pth) or seg-convert .safetensors"
+        "--checkpoint",
+        required=True,
+        help="checkpoint (.pth) or seg-convert .safetensors; with --backend onnxruntime|openvino "
+        "the .onnx file written by seg-export",
     )
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=BACKENDS,
+        help="torch (default): PyTorch; onnxruntime / openvino: the exported .onnx on the CPU "
+        "(pip install 'seg-trainer[deploy]'); same transforms, modes and metrics",
+    )
+    p.add_argument("--threads", type=int, help="onnxruntime/openvino threads (their default)")
     p.add_argument("--cpu", action="store_true", help="run on CPU (Accelerator(cpu=True))")
     p.add_argument(
         "--split",
@@ -367,7 +388,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--save-predictions",
         action="store_true",
-        help="write index / colour / labelId PNGs under <output_dir>/predictions_<split>",
+        help="write index / colour / labelId PNGs under <output_dir>/predictions_<split> "
+        "(predictions_<split>_<backend> for onnxruntime / openvino)",
     )
     p.add_argument(
         "--set",
@@ -382,7 +404,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_config(args: argparse.Namespace, checkpoint: dict[str, Any]) -> Any:
+def _load_config(args: argparse.Namespace, stored: dict[str, Any] | None) -> Any:
+    """The config stored with the model (checkpoint or ONNX file), ``--config``/``--set`` applied."""
     from seg_trainer.config import ConfigError, apply_overrides, config_from_dict, load_config
 
     overrides = list(args.set)
@@ -392,11 +415,8 @@ def _load_config(args: argparse.Namespace, checkpoint: dict[str, Any]) -> Any:
         overrides.append("evaluation.save_predictions=true")
     if args.config:
         return load_config(args.config, overrides)
-    stored = checkpoint.get("config")
     if not isinstance(stored, dict):
-        raise ConfigError(
-            f"{args.checkpoint}: the checkpoint carries no config; pass --config CONFIG.yaml"
-        )
+        raise ConfigError(f"{args.checkpoint} carries no config; pass --config CONFIG.yaml")
     data = apply_overrides(json.loads(json.dumps(stored)), overrides)
     return config_from_dict(data, source=f"{args.checkpoint} (stored config)")
 
@@ -446,17 +466,23 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> dict[str, An
     """Run ``seg-eval`` (arguments, or parsed ones); returns the metrics written to JSON."""
     from accelerate import Accelerator
 
+    from seg_trainer.backends import load_inference_model, stored_config
     from seg_trainer.build import build_dataset
-    from seg_trainer.checkpoint import load_checkpoint
     from seg_trainer.rundir import atomic_write_text
 
     args = _parser().parse_args(argv) if not isinstance(argv, argparse.Namespace) else argv
-    checkpoint = load_checkpoint(args.checkpoint)
-    cfg = _load_config(args, checkpoint)
-    accelerator = Accelerator(cpu=args.cpu, mixed_precision=cfg.train.mixed_precision)
+    backend = getattr(args, "backend", "torch")
+    stored, checkpoint = stored_config(args.checkpoint, backend)
+    cfg = _load_config(args, stored)
+    runtime = backend != "torch"  # onnxruntime / openvino: CPU arrays, their own precision
+    accelerator = Accelerator(
+        cpu=args.cpu or runtime, mixed_precision="no" if runtime else cfg.train.mixed_precision
+    )
     split = args.split
 
-    model = load_model(cfg, checkpoint, args.checkpoint)
+    model = load_inference_model(
+        cfg, args.checkpoint, backend, checkpoint=checkpoint, threads=getattr(args, "threads", None)
+    )
     model.to(accelerator.device)
 
     dataset = build_dataset(cfg, split)
@@ -470,7 +496,8 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> dict[str, An
         collate_fn=_collate(),
     )
     out_dir = Path(cfg.output_dir)
-    save_dir = out_dir / f"predictions_{split}" if ev.save_predictions else None
+    tag = "" if backend == "torch" else f"_{backend}"  # never overwrite PyTorch's results
+    save_dir = out_dir / f"predictions_{split}{tag}" if ev.save_predictions else None
     result = evaluate(
         model,
         loader,
@@ -491,7 +518,10 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> dict[str, An
     )
     metrics = {
         "checkpoint": str(args.checkpoint),
-        "iteration": checkpoint.get("iteration"),
+        "backend": backend,
+        "iteration": (checkpoint or {}).get(
+            "iteration", getattr(model, "metadata", {}).get("iteration")
+        ),
         "split": split,
         "num_images": len(dataset),  # type: ignore[arg-type]
         "num_processes": accelerator.num_processes,
@@ -506,7 +536,7 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> dict[str, An
     }
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"eval_{split}_{ev.mode}.json"
+        path = out_dir / f"eval_{split}_{ev.mode}{tag}.json"
         atomic_write_text(path, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
         accelerator.print(f"metrics written to {path}")
     accelerator.wait_for_everyone()

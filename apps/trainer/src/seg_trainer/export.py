@@ -22,6 +22,12 @@ weights, uint8 activations, MinMax calibration) on ``--calib-images`` images of
 ``--calib-data`` (a folder of images, e.g. the training split; evenly spaced over the sorted
 files), prepared with ``data.val_transforms``. The int8 file is compared with the fp32 one
 on the calibration images (argmax agreement and max logit difference, printed).
+
+Errors are one line and an exit code (:mod:`seg_trainer.errors`; ``--debug`` shows the
+traceback): 2 a bad config or option (or a missing file named on the command line), 3 a
+corrupt or unfitting checkpoint, 7 the output cannot be written, 9 onnx / onnxruntime not
+installed (``pip install 'seg-trainer[deploy]'``), 10 the model cannot be exported or its
+export does not reproduce PyTorch (the message names the op).
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", type=int, default=32, help="--int8: how many (32)")
     p.add_argument("--no-validate", action="store_true", help="skip the check against PyTorch")
     p.add_argument("--atol", type=float, default=1e-4, help="validation tolerance (1e-4)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of reported errors")
     return p
 
 
@@ -99,16 +106,17 @@ def _input_norm(cfg: Any) -> dict[str, Any] | None:
 def calibration_images(cfg: Any, folder: Path, count: int) -> list[np.ndarray]:
     """``count`` images of ``folder`` (evenly spaced), through ``data.val_transforms``."""
     from seg_data import build_transforms, read_image
-    from seg_trainer.infer import _prepare, find_images
+    from seg_trainer.infer import find_images
+    from seg_trainer.inference import prepare_image
 
-    found = find_images([folder])
     if count < 1:
         raise ValueError(f"--calib-images must be >= 1, got {count}")
+    found = find_images([folder])
     picks = np.linspace(0, len(found) - 1, num=min(count, len(found))).round().astype(int)
     transforms = build_transforms(cfg.data.val_transforms) if cfg.data.val_transforms else None
     images = []
     for i in sorted(set(picks.tolist())):
-        tensor, _ = _prepare(read_image(found[i][0]), transforms)
+        tensor, _ = prepare_image(read_image(found[i][0]), transforms)
         images.append(tensor[None].numpy())
     return images
 
@@ -182,20 +190,51 @@ def _compare_int8(fp32: Path, int8: Path, images: Sequence[np.ndarray]) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``seg-export``; returns the exit status."""
-    from seg_heads.export import fold_bn, to_onnx, to_torch_export
-    from seg_trainer.build import build_model
-    from seg_trainer.checkpoint import load_checkpoint
-    from seg_trainer.evaluate import load_model
-    from seg_trainer.infer import _palette_and_classes
+def _require(*modules: str) -> None:
+    """Raise ``MissingDependency`` naming the extra when one of ``modules`` is missing."""
+    import importlib.util
 
-    parser = _parser()
-    args = parser.parse_args(argv)
+    from seg_trainer.errors import MissingDependency
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependency(
+            f"ONNX export needs {', '.join(repr(m) for m in missing)}: "
+            "pip install 'seg-trainer[deploy]'"
+        )
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.checkpoint and not args.config:
         parser.error("pass --checkpoint CKPT (or --config CONFIG.yaml for random weights)")
     if args.int8 and (args.format != "onnx" or args.calib_data is None):
         parser.error("--int8 needs --format onnx and --calib-data DIR (calibration images)")
+    if args.size is not None and min(args.size) < 2:
+        parser.error(f"--size H W must be at least 2 x 2, got {args.size[0]} {args.size[1]}")
+    if args.int8 and args.calib_images < 1:
+        parser.error(f"--calib-images must be >= 1, got {args.calib_images}")
+
+
+def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
+    """Run ``seg-export``; returns the exit status.
+
+    Documented errors (:mod:`seg_trainer.errors`) are raised; :func:`cli` reports them.
+    """
+    from seg_heads.export import ExportError, fold_bn, to_onnx, to_torch_export
+    from seg_trainer.build import build_model
+    from seg_trainer.checkpoint import load_checkpoint
+    from seg_trainer.errors import StorageError
+    from seg_trainer.evaluate import load_model
+    from seg_trainer.inference import palette_and_classes
+
+    if isinstance(argv, argparse.Namespace):
+        args = argv
+    else:
+        parser = _parser()
+        args = parser.parse_args(argv)
+        _check_args(parser, args)
+    if args.format == "onnx":
+        _require("onnx", *(() if args.no_validate and not args.int8 else ("onnxruntime",)))
     checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else None
     cfg = _config(args, checkpoint)
     if checkpoint is None:
@@ -209,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fold_bn:
         model = fold_bn(model)
         print(f"seg-export: folded {model.folded_bn} BatchNorm layers into their convs")
-    palette, classes = _palette_and_classes(cfg)
+    palette, classes = palette_and_classes(cfg)
     size = args.size or cfg.evaluation.crop_size or (512, 512)
     common: dict[str, Any] = {
         "size": tuple(size),
@@ -226,7 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validate": not args.no_validate,
         "atol": args.atol,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"--output {args.output}: cannot create its folder: {exc}") from exc
     if args.format == "torch-export":
         report = to_torch_export(model, args.output, **common)
         print(f"seg-export: wrote {report}")
@@ -240,24 +282,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         fp32 = Path(tmp) / "fp32.onnx"
         report = to_onnx(model, fp32, opset=args.opset, exporter=args.exporter, **common)
         print(f"seg-export: fp32 graph {report}")
-        quantize_int8(fp32, args.output, images)
+        try:
+            quantize_int8(fp32, args.output, images)
+        except Exception as exc:  # onnxruntime's quantiser raises anything
+            raise ExportError(
+                f"int8 quantisation of the fp32 graph failed: {type(exc).__name__}: {exc}"
+            ) from exc
         print(f"seg-export: wrote {args.output} (int8, calibrated on {len(images)} images)")
         print(f"seg-export: {_compare_int8(fp32, args.output, images)}")
     return 0
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    """Console entry point ``seg-export``."""
-    from seg_heads.export import ExportError
-    from seg_trainer.checkpoint import CheckpointError
-    from seg_trainer.config import ConfigError
+    """Console entry point ``seg-export`` (exit codes: :mod:`seg_trainer.errors`)."""
+    from seg_trainer.errors import report_errors
 
-    try:
-        status = main(argv)
-    except (ConfigError, CheckpointError, ExportError, FileNotFoundError, ImportError) as exc:
-        print(f"seg-export: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    raise SystemExit(status)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    raise SystemExit(report_errors("seg-export", lambda: main(args), debug=args.debug))
 
 
 if __name__ == "__main__":

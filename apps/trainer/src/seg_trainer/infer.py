@@ -2,6 +2,14 @@
 
     seg-infer --checkpoint runs/demo/checkpoints/best.pth --input photos/ --output preds/
     seg-infer --checkpoint weights/dlv3.safetensors --input a.jpg b.png --output preds/ --mode slide
+    seg-infer --backend onnxruntime --checkpoint model.onnx --input photos/ --output preds/
+
+``--backend torch`` (default) runs a checkpoint in PyTorch; ``--backend onnxruntime`` or
+``openvino`` runs the ``.onnx`` file ``seg-export`` wrote, given as ``--checkpoint``, on the
+CPU (``--threads``): its config is the one stored in the file's metadata, and everything
+else below (transforms, modes, resizing, outputs) is the same code for every backend.
+A runtime that is not installed is one line naming ``pip install 'seg-trainer[deploy]'``
+and exit status 9.
 
 For each input image ``<name>`` it writes
 
@@ -9,12 +17,13 @@ For each input image ``<name>`` it writes
 * ``<output>/color/<name>.png``: the mask in the dataset's palette;
 * ``<output>/overlay/<name>.png``: the image blended with the palette colours (``--alpha``).
 
-The checkpoint carries its resolved config (``--config`` overrides it). Images are
+The checkpoint (or ONNX file) carries its resolved config (``--config`` overrides it). Images are
 prepared with the config's ``data.val_transforms`` (e.g. ``Resize``, ``Normalize``,
 ``Pad``); padding added by them is cut off and the prediction is resized back to
 the image's own size. Inference uses ``evaluation.mode`` (``--mode`` overrides) with
-its crop, stride, scales and flip. The palette and class names come from the
-dataset when it can be opened (always for ``synthetic``), else the VOC colour map.
+its crop, stride, scales and flip. The palette and class names come from the ONNX
+metadata, else from the dataset when it can be opened (always for ``synthetic``), else the
+VOC colour map (:func:`seg_trainer.inference.palette_and_classes`).
 
 Images are read by ``seg_data.read_image``, the reader training and evaluation use:
 EXIF orientation applied, 16-bit images scaled to 8 bits, float images refused by
@@ -49,26 +58,22 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seg_trainer.backends import BACKENDS
 from seg_trainer.errors import EXIT_DATA, report_errors
-from seg_trainer.inference import MODES, predict_logits, resize_labels, slide_labels
+from seg_trainer.inference import (
+    MODES,
+    palette_and_classes,
+    predict_logits,
+    prepare_image,
+    resize_labels,
+    slide_labels,
+    voc_palette,
+)
 from seg_trainer.visualize import colorize, overlay
 
-__all__ = ["IMAGE_SUFFIXES", "cli", "find_images", "voc_palette"]
+__all__ = ["IMAGE_SUFFIXES", "cli", "find_images", "predict_mask", "voc_palette"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def voc_palette(num_classes: int) -> np.ndarray:
-    """The Pascal VOC colour map (class bits interleaved into R, G, B) for ``num_classes``."""
-    pal = np.zeros((num_classes, 3), dtype=np.uint8)
-    for i in range(num_classes):
-        c, rgb = i, [0, 0, 0]
-        for j in range(8):
-            for ch in range(3):
-                rgb[ch] |= ((c >> ch) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = rgb
-    return pal
 
 
 def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
@@ -127,35 +132,6 @@ def _unique_names(found: list[tuple[Path, str]]) -> list[str]:
     return names
 
 
-def _prepare(
-    image: np.ndarray, transforms: Any, *, contiguous: bool = True
-) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Apply the val transforms; return the ``3 x H x W`` tensor and the box of real pixels.
-
-    A dummy label travels with the image: transforms that pad fill it with 255, so its
-    non-ignored area is where the image is. When the transforms leave the label at its
-    size (``resize_label=False``) the whole transformed image counts.
-    """
-    h, w = image.shape[:2]
-    sample = {"image": image, "label": np.zeros((h, w), dtype=np.uint8)}
-    if transforms is not None:
-        sample = transforms(sample, np.random.default_rng(0))
-    img = np.ascontiguousarray(sample["image"], dtype=np.float32)
-    th, tw = img.shape[:2]
-    tensor = torch.from_numpy(img).permute(2, 0, 1)  # a view: slide mode copies crops only
-    if contiguous:
-        tensor = tensor.contiguous()
-    del img, sample["image"]
-    label = np.asarray(sample["label"])
-    box = (0, th, 0, tw)
-    if label.shape == (th, tw):
-        valid = label != 255
-        rows, cols = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
-        if rows.size and cols.size:
-            box = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
-    return tensor, box
-
-
 def _read_image(path: Path) -> np.ndarray:
     """``seg_data.read_image`` (kept for callers of the old private helper; use seg_data's)."""
     from seg_data import read_image
@@ -169,31 +145,31 @@ def _parser() -> argparse.ArgumentParser:
         description="Segment images with a PKUSeg checkpoint: index masks, colour masks, overlays.",
     )
     p.add_argument(
-        "--checkpoint", required=True, help="checkpoint (.pth) or seg-convert .safetensors"
+        "--checkpoint",
+        required=True,
+        help="checkpoint (.pth) or seg-convert .safetensors; with --backend onnxruntime|openvino "
+        "the .onnx file written by seg-export",
     )
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=BACKENDS,
+        help="torch (default): PyTorch; onnxruntime / openvino: the exported .onnx on the CPU "
+        "(pip install 'seg-trainer[deploy]')",
+    )
+    p.add_argument("--threads", type=int, help="onnxruntime/openvino threads (their default)")
     p.add_argument("--input", required=True, nargs="+", help="image files and/or folders")
     p.add_argument("--output", required=True, type=Path, help="output folder")
     p.add_argument("--config", help="YAML config (default: the one stored in the checkpoint)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     p.add_argument("--mode", choices=MODES, help="override evaluation.mode")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
+    p.add_argument(
+        "--device", default="auto", help="--backend torch: auto (CUDA when available) | cpu | cuda"
+    )
     p.add_argument("--cpu", action="store_true", help="same as --device cpu")
     p.add_argument("--alpha", type=float, default=0.5, help="colour weight of the overlays")
     p.add_argument("--debug", action="store_true", help="show tracebacks of reported errors")
     return p
-
-
-def _palette_and_classes(cfg: Any) -> tuple[np.ndarray, list[str] | None]:
-    from seg_trainer.build import build_dataset
-
-    try:
-        ds = build_dataset(cfg, "val")
-        palette, classes = np.asarray(ds.palette, dtype=np.uint8), list(ds.classes)
-    except Exception:
-        return voc_palette(cfg.model.num_classes), None
-    if len(palette) != cfg.model.num_classes:
-        return voc_palette(cfg.model.num_classes), None
-    return palette, classes
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -214,7 +190,7 @@ def predict_mask(
     back to the image size is done a band of rows at a time (:func:`resize_labels`).
     """
     ev = cfg.evaluation
-    tensor, (y1, y2, x1, x2) = _prepare(image, transforms, contiguous=False)
+    tensor, (y1, y2, x1, x2) = prepare_image(image, transforms, contiguous=False)
     x = tensor[None].to(device)
     del tensor
     size = image.shape[:2]
@@ -256,15 +232,15 @@ def _too_large(path: Path, image: np.ndarray, mode: str) -> str:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The checkpoint's config (``--config``/``--set`` applied) and the checkpoint."""
-    from seg_trainer.checkpoint import load_checkpoint
+    """The config stored with the model (``--config``/``--set``/``--mode`` applied) and the
+    checkpoint (``None`` for the runtime backends)."""
+    from seg_trainer.backends import stored_config
     from seg_trainer.config import ConfigError, apply_overrides, config_from_dict, load_config
 
-    checkpoint = load_checkpoint(args.checkpoint)
+    stored, checkpoint = stored_config(args.checkpoint, args.backend)
     overrides = list(args.set) + ([f"evaluation.mode={args.mode}"] if args.mode else [])
     if args.config:
         return load_config(args.config, overrides), checkpoint
-    stored = checkpoint.get("config")
     if not isinstance(stored, dict):
         raise ConfigError(f"{args.checkpoint} carries no config; pass --config CONFIG.yaml")
     data = apply_overrides(json.loads(json.dumps(stored)), overrides)
@@ -272,23 +248,28 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
-    """Run ``seg-infer``; returns the exit status (0, or 5 when some inputs failed)."""
+    """Run ``seg-infer``; returns the exit status (0, or 5 when some inputs failed).
+
+    Documented errors (:mod:`seg_trainer.errors`) are raised; :func:`cli` reports them.
+    """
     from seg_data import DatasetError, build_transforms, read_image
-    from seg_trainer.evaluate import load_model
+    from seg_trainer.backends import load_inference_model
 
     args = argv if isinstance(argv, argparse.Namespace) else _parser().parse_args(argv)
     images = find_images(args.input)
     cfg, checkpoint = _load(args)
     device = torch.device(
         "cpu"
-        if args.cpu
+        if args.cpu or args.backend != "torch"  # the runtimes take CPU arrays
         else ("cuda" if torch.cuda.is_available() else "cpu")
         if args.device == "auto"
         else args.device
     )
-    model = load_model(cfg, checkpoint, args.checkpoint).to(device).eval()
+    model = load_inference_model(
+        cfg, args.checkpoint, args.backend, checkpoint=checkpoint, threads=args.threads
+    ).to(device)
     transforms = build_transforms(cfg.data.val_transforms) if cfg.data.val_transforms else None
-    palette, _ = _palette_and_classes(cfg)
+    palette, _ = palette_and_classes(cfg, getattr(model, "metadata", None))
     for sub in ("masks", "color", "overlay"):
         (args.output / sub).mkdir(parents=True, exist_ok=True)
     renamed = [(p, n) for p, n in images if n != _plain_name(p, args.input)]

@@ -38,17 +38,35 @@ full-size float maps: :func:`slide_labels` runs the sliding window in horizontal
 bands (memory: K x crop height x width, whatever the image height) and gives the
 same labels as ``predict_logits(mode="slide").argmax(1)``; :func:`resize_labels`
 resizes logits to a large output size and takes the argmax a band of rows at a time.
+
+The model is anything that maps a normalised ``N x 3 x H x W`` float batch to logits: a
+PyTorch model, or an exported ONNX file run by onnxruntime / OpenVINO
+(:mod:`seg_trainer.backends`, dynamic batch, height and width), so every mode runs the
+same code through every backend. What the command-line tools share around it lives here
+too: :func:`prepare_image` (a picture through ``data.val_transforms``; seg-infer, and
+seg-export's int8 calibration) and :func:`palette_and_classes` (the colours of the masks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MODES", "predict_logits", "resize_labels", "slide_labels", "slide_windows"]
+__all__ = [
+    "MODES",
+    "palette_and_classes",
+    "predict_logits",
+    "prepare_image",
+    "resize_labels",
+    "slide_labels",
+    "slide_windows",
+    "voc_palette",
+]
 
 MODES = ("whole", "slide", "multiscale")
 
@@ -277,7 +295,8 @@ def predict_logits(
 
     Args:
         model: segmentation model in eval mode returning ``{"out": logits}`` (or a tensor)
-            at its input resolution.
+            at its input resolution; also a :mod:`seg_trainer.backends` runtime module (an
+            exported ONNX file, any batch and size).
         images: ``N x C x H x W`` float batch, already normalised.
         mode: ``"whole"``, ``"slide"`` or ``"multiscale"`` (see the module docstring).
         crop_size: ``[h, w]`` (or an int) window size; required for ``"slide"``.
@@ -355,3 +374,78 @@ def predict_logits(
         probs = p if probs is None else probs + p
     assert probs is not None
     return (probs / len(views)).clamp_min_(torch.finfo(torch.float32).tiny).log_()
+
+
+# ------------------------------------------------------------ inputs and colours of the CLIs
+
+
+def prepare_image(
+    image: np.ndarray, transforms: Any, *, contiguous: bool = True
+) -> tuple[Tensor, tuple[int, int, int, int]]:
+    """Apply the val transforms; return the ``3 x H x W`` tensor and the box of real pixels.
+
+    A dummy label travels with the image: transforms that pad fill it with 255, so its
+    non-ignored area is where the image is. When the transforms leave the label at its
+    size (``resize_label=False``) the whole transformed image counts. ``contiguous=False``
+    returns a channels-last view of the transformed array (slide mode copies crops only).
+    """
+    h, w = image.shape[:2]
+    sample = {"image": image, "label": np.zeros((h, w), dtype=np.uint8)}
+    if transforms is not None:
+        sample = transforms(sample, np.random.default_rng(0))
+    img = np.ascontiguousarray(sample["image"], dtype=np.float32)
+    th, tw = img.shape[:2]
+    tensor = torch.from_numpy(img).permute(2, 0, 1)
+    if contiguous:
+        tensor = tensor.contiguous()
+    del img, sample["image"]
+    label = np.asarray(sample["label"])
+    box = (0, th, 0, tw)
+    if label.shape == (th, tw):
+        valid = label != 255
+        rows, cols = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
+        if rows.size and cols.size:
+            box = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    return tensor, box
+
+
+def voc_palette(num_classes: int) -> np.ndarray:
+    """The Pascal VOC colour map (class bits interleaved into R, G, B) for ``num_classes``."""
+    pal = np.zeros((num_classes, 3), dtype=np.uint8)
+    for i in range(num_classes):
+        c, rgb = i, [0, 0, 0]
+        for j in range(8):
+            for ch in range(3):
+                rgb[ch] |= ((c >> ch) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = rgb
+    return pal
+
+
+def palette_and_classes(
+    cfg: Any, metadata: Mapping[str, Any] | None = None
+) -> tuple[np.ndarray, list[str] | None]:
+    """``(K x 3 uint8 palette, class names)`` of ``cfg``'s dataset.
+
+    ``metadata`` (an exported model's, :func:`seg_heads.export.read_onnx_metadata`) is used
+    first when it holds a palette of ``model.num_classes`` colours: the export stored the
+    dataset's, and the dataset need not be present where the model is deployed. Else the
+    dataset's (when it can be opened, always for ``synthetic``), else the VOC colour map
+    without names.
+    """
+    from seg_trainer.build import build_dataset
+
+    k = cfg.model.num_classes
+    if metadata and metadata.get("palette") is not None:
+        palette = np.asarray(metadata["palette"], dtype=np.uint8)
+        names = metadata.get("class_names")
+        if palette.shape == (k, 3):
+            return palette, (list(names) if names and len(names) == k else None)
+    try:
+        ds = build_dataset(cfg, "val")
+        palette, classes = np.asarray(ds.palette, dtype=np.uint8), list(ds.classes)
+    except Exception:
+        return voc_palette(k), None
+    if len(palette) != k:
+        return voc_palette(k), None
+    return palette, classes
