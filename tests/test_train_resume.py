@@ -128,6 +128,80 @@ def test_resume_after_stop_matches_uninterrupted_run(reference, tmp_path, monkey
         assert torch.equal(v["momentum_buffer"], got_opt["state"][k]["momentum_buffer"])
 
 
+EMA = {"enabled": True, "decay": 0.9, "warmup": True, "warmup_power": 0.75}
+
+
+def val_records(run: Path) -> dict[int, dict]:
+    import json
+
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    return {
+        r["iter"]: {k: v for k, v in r.items() if k != "time"} for r in lines if r["type"] == "val"
+    }
+
+
+@pytest.fixture(scope="module")
+def reference_ema(tmp_path_factory) -> Path:
+    """The uninterrupted 7-iteration run with train.ema on."""
+    tmp = tmp_path_factory.mktemp("reference_ema")
+    cfg = load_config(tiny_config(tmp / "cfg.yaml", tmp / "run", train={"ema": EMA}))
+    train_mod.train(cfg, cpu=True)
+    return tmp / "run"
+
+
+def test_resume_with_ema_matches_uninterrupted_run(reference, reference_ema, tmp_path, monkeypatch):
+    cfg = load_config(tiny_config(tmp_path / "cfg.yaml", tmp_path / "run", train={"ema": EMA}))
+    real_save = train_mod.save_checkpoint
+
+    def save_then_stop(state, path):
+        real_save(state, path)
+        if Path(path).name == "iter_0000004.pth":  # mid-epoch 1, after the evaluation at 3
+            raise Stop
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_stop)
+    with pytest.raises(Stop):
+        train_mod.train(cfg, cpu=True)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    run = tmp_path / "run"
+    assert {"best.pth", "best_ema.pth"} <= {p.name for p in (run / "checkpoints").iterdir()}
+    train_mod.train(cfg, cpu=True, resume="auto")
+
+    ref7 = torch.load(reference_ema / "checkpoints/iter_0000007.pth", weights_only=True)
+    for it in (6, 7):
+        name = f"checkpoints/iter_{it:07d}.pth"
+        assert_same_weights(reference_ema / name, run / name)
+        ref, got = (torch.load(r / name, weights_only=True) for r in (reference_ema, run))
+        assert ref["ema"].keys() == got["ema"].keys() == ref["model"].keys()
+        different = [k for k in ref["ema"] if not torch.equal(ref["ema"][k], got["ema"][k])]
+        assert not different, f"EMA tensors differ after resuming: {different[:3]}"
+        assert got["best_ema_miou"] == ref["best_ema_miou"] is not None
+    # the EMA is an average, neither the model nor a stale copy
+    assert any(not torch.equal(ref7["ema"][k], ref7["model"][k]) for k in ref7["model"])
+    # the model itself trains as without EMA
+    assert_same_weights(
+        reference / "checkpoints/iter_0000007.pth", run / "checkpoints/iter_0000007.pth"
+    )
+    assert losses(run) == losses(reference_ema) == losses(reference)
+    assert val_records(run) == val_records(reference_ema)  # mIoU and ema/mIoU, every evaluation
+    assert all("ema/mIoU" in r for r in val_records(run).values())
+    for name in ("best.pth", "best_ema.pth"):
+        assert_same_weights(reference_ema / "checkpoints" / name, run / "checkpoints" / name)
+
+
+def test_grad_checkpointing_trains_bit_identically(reference, tmp_path):
+    """train.grad_checkpointing recomputes the ResNet blocks (dropout replayed, BN statistics
+    updated once): the same weights and losses as the reference run, and the same RNG."""
+    cfg = load_config(
+        tiny_config(tmp_path / "cfg.yaml", tmp_path / "run", train={"grad_checkpointing": True})
+    )
+    train_mod.train(cfg, cpu=True)
+    name = "checkpoints/iter_0000007.pth"
+    assert_same_weights(reference / name, tmp_path / "run" / name)
+    assert losses(tmp_path / "run") == losses(reference)
+    ref, got = (torch.load(r / name, weights_only=True) for r in (reference, tmp_path / "run"))
+    assert torch.equal(ref["rng"][0]["torch"], got["rng"][0]["torch"])
+
+
 def test_sigkill_during_training_resumes_from_last_checkpoint(reference, tmp_path, capsys):
     cfg_path = tiny_config(tmp_path / "cfg.yaml", tmp_path / "run")
     ckpts = tmp_path / "run" / "checkpoints"

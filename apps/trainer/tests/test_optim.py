@@ -74,6 +74,70 @@ def test_decay_everything_option():
     assert all(g["weight_decay"] == 1e-4 for g in groups)
 
 
+class WithEmbeddings(nn.Module):
+    """A backbone with Swin-like position tables and a head with embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Module()
+        self.backbone.attn = nn.Linear(4, 4)
+        self.backbone.attn.relative_position_bias_table = nn.Parameter(torch.zeros(9, 2))
+        self.backbone.absolute_pos_embed = nn.Parameter(torch.zeros(1, 16, 4))
+        self.decode_head = nn.Module()
+        self.decode_head.query_feat = nn.Embedding(3, 4)
+        self.decode_head.level_embed = nn.Parameter(torch.zeros(3, 4))  # a plain matrix
+        self.decode_head.proj = nn.Linear(4, 4)
+
+
+def test_no_decay_on_embeddings_and_position_tables():
+    model = WithEmbeddings()
+    groups = {g["name"]: g for g in param_groups(model, lr=1e-5, weight_decay=0.05)}
+    assert names_of(model, groups["backbone"]) == ["backbone.attn.weight"]
+    assert names_of(model, groups["backbone_no_decay"]) == [
+        "backbone.absolute_pos_embed",
+        "backbone.attn.bias",
+        "backbone.attn.relative_position_bias_table",
+    ]
+    assert names_of(model, groups["head"]) == [
+        "decode_head.level_embed",
+        "decode_head.proj.weight",
+    ]
+    assert names_of(model, groups["head_no_decay"]) == [
+        "decode_head.proj.bias",
+        "decode_head.query_feat.weight",
+    ]
+    # decay_norm_and_bias: true decays them all (mmseg's default configs)
+    everything = param_groups(model, lr=1e-5, weight_decay=0.05, decay_norm_and_bias=True)
+    assert [g["name"] for g in everything] == ["backbone", "head"]
+
+
+def test_mask2former_decay_groups_as_official():
+    """Official Mask2Former: no decay on the decoder's nn.Embedding query features, query and
+    level embeddings; the pixel decoder's level_embed (an nn.Parameter) is decayed."""
+    from seg_heads import create_model, tiny_config
+
+    model = create_model("mask2former", num_classes=3, **tiny_config("mask2former"))
+    opt = build_optimizer(
+        model, OptimizerConfig(name="adamw", lr=1e-5, weight_decay=0.05, head_lr_mult=10.0)
+    )
+    decay = {g["name"]: g["weight_decay"] for g in opt.param_groups}
+    assert decay == {"backbone": 0.05, "backbone_no_decay": 0.0, "head": 0.05, "head_no_decay": 0.0}
+    by_name = {}
+    for g in opt.param_groups:
+        for n in names_of(model, g):
+            by_name[n] = g
+    embeds = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+    assert len(embeds) == 3  # query_feat, query_embed, level_embed of the decoder
+    for n in embeds:
+        assert by_name[n + ".weight"]["name"] == "head_no_decay"
+        assert by_name[n + ".weight"]["lr"] == pytest.approx(1e-4)  # head: lr x 10
+    (pixel_level,) = [n for n in by_name if n.endswith("pixel_decoder.level_embed")]
+    assert by_name[pixel_level]["name"] == "head"
+    assert all(
+        g["lr"] == pytest.approx(1e-5) for g in opt.param_groups if g["name"].startswith("backbone")
+    )
+
+
 def test_build_optimizer_sgd_settings():
     cfg = OptimizerConfig(lr=0.02, momentum=0.9, weight_decay=5e-4, head_lr_mult=10.0)
     opt = build_optimizer(Tiny(), cfg)

@@ -6,11 +6,15 @@ A training checkpoint is a plain dict saved with ``torch.save`` and loadable wit
     {"format": "seg_trainer.checkpoint/1", "iteration": int, "epoch": int,
      "model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": ... | None,
      "rng": [per-process RNG states], "config": resolved config (plain dict),
-     "best_miou": float | None, "metrics": {...} | None}
+     "best_miou": float | None, "metrics": {...} | None, "world_size": int,
+     "ema": state_dict | None, "best_ema_miou": float | None, "ema_metrics": {...} | None}
 
-Files live in ``<output_dir>/checkpoints/``: ``iter_0004000.pth`` (the last
-``keep_last`` are kept) and ``best.pth`` (highest val mIoU; model, config and
-metrics only). Writes go to a temporary file in the same folder, are flushed to
+(one schema, built by ``seg_trainer.train._checkpoint_record``; ``ema`` holds the
+``train.ema`` weights, with the model's keys). Files live in ``<output_dir>/checkpoints/``:
+``iter_0004000.pth`` (the last ``keep_last`` are kept), ``best.pth`` (highest val mIoU)
+and, with ``train.ema``, ``best_ema.pth`` (highest val mIoU of the EMA weights, stored as
+its ``model``): ``format``, ``iteration``, ``model``, ``config``, ``metrics``, ``best_miou``
+and ``weights`` (``"model"`` | ``"ema"``) only, loadable as any checkpoint. Writes go to a temporary file in the same folder, are flushed to
 disk and renamed over the target with ``os.replace``, so a crash (even SIGKILL)
 never leaves a half-written ``*.pth`` (the next run removes the temporary file,
 :func:`seg_trainer.rundir.remove_leftovers`). A failed write (disk full, quota)

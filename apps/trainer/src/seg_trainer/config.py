@@ -41,6 +41,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "EMAConfig",
     "EvaluationConfig",
     "LoggingConfig",
     "LossConfig",
@@ -232,6 +233,29 @@ class LossConfig:
 
 
 @dataclass
+class EMAConfig:
+    """Exponential moving average of the weights (seg_trainer.ema.ModelEma).
+
+    timm's ``ModelEmaV3`` semantics (timm/utils/model_ema.py), updated after every optimizer
+    step with ``step`` = the iteration just finished (1-based), as timm's train.py: the decay
+    of update ``step`` is 0 while ``step <= update_after_step + 1`` (the EMA becomes a copy),
+    then ``decay``, or with ``warmup`` ``clamp(1 - (1 + n / warmup_gamma) ** -warmup_power,
+    min_decay, decay)`` with ``n = step - update_after_step - 1``. Every floating-point entry
+    of the state dict (parameters and BN statistics) is averaged and integer buffers copied;
+    ``exclude_buffers: true`` averages parameters only and copies every buffer.
+    """
+
+    enabled: bool = False
+    decay: float = 0.9999
+    min_decay: float = 0.0
+    warmup: bool = False  # timm's use_warmup
+    warmup_gamma: float = 1.0
+    warmup_power: float = 2 / 3
+    update_after_step: int = 0
+    exclude_buffers: bool = False
+
+
+@dataclass
 class TrainConfig:
     """The iteration-based loop; one iteration = one optimizer step."""
 
@@ -241,6 +265,26 @@ class TrainConfig:
     clip_grad: float | None = None  # max global grad norm; null = no clipping
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (accelerate)
     sync_bn: bool = True  # convert BN to SyncBatchNorm when running on several CUDA GPUs
+    ema: EMAConfig = field(default_factory=EMAConfig)  # evaluated and kept as best_ema.pth
+    compile: bool = False  # torch.compile the model for training (nn.Module.compile)
+    grad_checkpointing: bool = False  # recompute backbone blocks in backward (less memory)
+
+
+def _validate_train(cfg: Config, ctx: _Ctx) -> None:
+    """The ``train.ema`` numbers (their ranges as timm's ModelEmaV3 needs them)."""
+    ema = cfg.train.ema
+    for key, value in (("decay", ema.decay), ("min_decay", ema.min_decay)):
+        if not (math.isfinite(value) and 0.0 <= value < 1.0):
+            raise ctx.error(f"train.ema.{key}", f"must be in [0, 1), e.g. 0.9999, got {value!r}")
+    if ema.min_decay > ema.decay:
+        raise ctx.error(
+            "train.ema.min_decay", f"{ema.min_decay} is above train.ema.decay={ema.decay}"
+        )
+    for key, value in (("warmup_gamma", ema.warmup_gamma), ("warmup_power", ema.warmup_power)):
+        if not (math.isfinite(value) and value > 0):
+            raise ctx.error(f"train.ema.{key}", f"must be > 0, got {value!r}")
+    if ema.update_after_step < 0:
+        raise ctx.error("train.ema.update_after_step", f"must be >= 0, got {ema.update_after_step}")
 
 
 @dataclass
@@ -671,6 +715,7 @@ def _validate(cfg: Config, ctx: _Ctx) -> None:
             f"the floor {cfg.schedule.min_lr} is above optimizer.lr={cfg.optimizer.lr}",
         )
     _validate_schedule(cfg, ctx)
+    _validate_train(cfg, ctx)
     _validate_loss(cfg, ctx)
     ev = cfg.evaluation
     for key, pair in (("evaluation.crop_size", ev.crop_size), ("evaluation.stride", ev.stride)):

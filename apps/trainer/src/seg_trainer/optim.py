@@ -3,8 +3,12 @@
 Parameter groups (:func:`param_groups`): the model's parameters are split into
 backbone (names starting with ``backbone.``) and head (everything else: decode
 head and auxiliary head), and each of those into decayed and not decayed.
-By default normalisation weights/biases and all biases get no weight decay
-(``optimizer.decay_norm_and_bias: false``); mmseg's default configs decay
+By default normalisation weights/biases, all biases, embeddings (``nn.Embedding``
+weights, e.g. Mask2Former's query features, query and level embeddings) and Swin's
+position tables (``relative_position_bias_table``, ``absolute_pos_embed``) get no weight
+decay (``optimizer.decay_norm_and_bias: false``), as the official Mask2Former
+(``WEIGHT_DECAY_NORM`` / ``WEIGHT_DECAY_EMBED`` 0, position tables 0) and mmseg's Swin
+and Mask2Former recipes (``decay_mult=0`` custom keys); mmseg's default configs decay
 everything (set it to ``true`` to match them). Head groups get
 ``lr * head_lr_mult`` (10 in PyTorch-Encoding; 1 in mmseg).
 
@@ -70,6 +74,20 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, _NORM_TYPES) or "norm" in type(module).__name__.lower()
 
 
+# Swin's position tables (timm names; mmseg's Swin/Mask2Former recipes: decay_mult 0).
+_NO_DECAY_PARAM_NAMES = frozenset({"relative_position_bias_table", "absolute_pos_embed"})
+
+
+def _never_decayed(module: nn.Module, pname: str) -> bool:
+    """Whether parameter ``pname`` of ``module`` gets no weight decay by default."""
+    return (
+        _is_norm(module)
+        or isinstance(module, nn.Embedding)
+        or pname == "bias"
+        or pname in _NO_DECAY_PARAM_NAMES
+    )
+
+
 def param_groups(
     model: nn.Module,
     *,
@@ -81,14 +99,16 @@ def param_groups(
     """Split trainable parameters into up to four named groups.
 
     Groups (empty ones are dropped): ``backbone``, ``backbone_no_decay``, ``head``,
-    ``head_no_decay``. Each has ``lr``, ``initial_lr`` (the same), ``weight_decay``,
+    ``head_no_decay``. Not decayed unless ``decay_norm_and_bias``: norm parameters, biases,
+    ``nn.Embedding`` weights and Swin's ``relative_position_bias_table`` /
+    ``absolute_pos_embed``. Each has ``lr``, ``initial_lr`` (the same), ``weight_decay``,
     ``lr_mult`` and ``name``.
     """
     no_decay_ids: set[int] = set()
     if not decay_norm_and_bias:
         for module in model.modules():
             for pname, p in module.named_parameters(recurse=False):
-                if _is_norm(module) or pname == "bias":
+                if _never_decayed(module, pname):
                     no_decay_ids.add(id(p))
     buckets: dict[str, list[nn.Parameter]] = {
         "backbone": [],

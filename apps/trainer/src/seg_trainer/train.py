@@ -75,6 +75,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import Config, ConfigError, load_config
+from .ema import ModelEma
 from .errors import (
     EvaluationFailed,
     TrainingDiverged,
@@ -101,6 +102,7 @@ __all__ = [
     "TrainingInterrupted",
     "build",
     "cli",
+    "enable_grad_checkpointing",
     "get_dataloaders",
     "main",
     "preflight",
@@ -128,6 +130,8 @@ class TrainState:
     skip: int = 0  # batches of `epoch` already seen (resuming mid-epoch)
     best_miou: float | None = None
     metrics: dict[str, Any] | None = None  # of the newest evaluation
+    best_ema_miou: float | None = None  # train.ema: the same for the EMA weights
+    ema_metrics: dict[str, Any] | None = None
     checkpoint: Path | None = None  # the newest checkpoint, written or resumed from: finite
     last_eval_iter: int = -1
     last_ckpt_iter: int = -1
@@ -151,6 +155,12 @@ class Run:
     logger: RunLogger | None = None  # main process only
     sampler: Any = None
     loader_generator: Any = None
+    ema: ModelEma | None = None  # train.ema.enabled
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        """The model without DDP (the EMA's source, the checkpoints' layout)."""
+        return self.accelerator.unwrap_model(self.model)
 
     @property
     def out_dir(self) -> Path:
@@ -239,10 +249,10 @@ def _check_compatible(ckpt_cfg: Any, cfg: Config, path: Path) -> None:
             "was started with (it is saved as <output_dir>/config.yaml), or start a new "
             "output_dir."
         )
-    # where files go and how often they are written do not change the computation
-    benign = [
-        k for k in changed if k != "output_dir" and not k.startswith(("logging.", "checkpoint."))
-    ]
+    # where files go and how often they are written do not change the computation, nor does
+    # recomputing activations in backward (bit-identical gradients, tests/test_train_resume.py)
+    same = ("output_dir", "train.grad_checkpointing")
+    benign = [k for k in changed if k not in same and not k.startswith(("logging.", "checkpoint."))]
     if benign:
         warnings.warn(
             f"resuming from {path} with a config that differs in {benign}: the result will "
@@ -470,6 +480,8 @@ def build(
     model = build_model(cfg)
     if cfg.train.sync_bn and accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.train.grad_checkpointing:
+        enable_grad_checkpointing(model)
     optimizer = build_optimizer(model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.schedule, max_iters=cfg.train.max_iters)
     criterion = build_loss(
@@ -478,12 +490,145 @@ def build(
     return model, optimizer, scheduler, criterion
 
 
+# ---------------------------------------------------------------- gradient checkpointing
+
+
+@contextlib.contextmanager
+def _keep_bn_statistics(module: nn.Module) -> Any:
+    """Restore the BN running statistics a recomputation updated (a second time) on exit."""
+    saved = [
+        (m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, mean, var, count in saved:
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
+def _recompute_contexts(block: nn.Module) -> tuple[Any, Any]:
+    """``torch.utils.checkpoint``'s ``context_fn``: (forward, recomputation) contexts."""
+    return contextlib.nullcontext(), _keep_bn_statistics(block)
+
+
+class _CheckpointedBlocks(nn.Sequential):
+    """A stage of blocks, each recomputed in backward instead of keeping its activations.
+
+    The same children as the ``nn.Sequential`` it replaces (same state-dict keys). Per block,
+    as mmseg's ResNet ``with_cp`` and timm's ``checkpoint_seq``; non-reentrant
+    ``torch.utils.checkpoint`` (RNG state replayed, so dropout draws the same). Unlike theirs,
+    the recomputation does not update the BN running statistics a second time: training
+    with and without checkpointing is bit-identical on CPU (tests/test_train_resume.py,
+    apps/trainer/tests/test_train_units.py).
+    Only in training mode with gradients enabled; evaluation runs the plain blocks.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.is_grad_enabled()):
+            return super().forward(x)
+        from torch.utils.checkpoint import checkpoint
+
+        # torch.compile plans the recomputation itself (and takes no such context_fn)
+        compiling = torch.compiler.is_compiling()
+        for block in self:
+            options = (
+                {} if compiling else {"context_fn": functools.partial(_recompute_contexts, block)}
+            )
+            x = checkpoint(block, x, use_reentrant=False, **options)
+        return x
+
+
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    """``train.grad_checkpointing``: recompute the backbone's blocks in backward.
+
+    - Our ResNets (``seg_backbones`` ``resnet*``): every block of layer1..layer4
+      (:class:`_CheckpointedBlocks`, BN-exact).
+    - timm backbones (``timm:<name>``) whose modules have timm's ``grad_checkpointing``
+      switch (what timm's ``set_grad_checkpointing`` sets: ConvNeXt stages, ViT/DeiT/EVA
+      blocks, ...): those switches, i.e. timm's own checkpointing. timm's recomputation
+      updates BatchNorm statistics a second time (a warning says so when the backbone has
+      BatchNorm; the LayerNorm models named here have none).
+    - other timm ``features_only`` models built as timm's ``FeatureListNet``/``FeatureHookNet``
+      (e.g. ``timm:resnet50``): every block of each ``nn.Sequential`` stage, as ours
+      (BN-exact); else the model's ``set_grad_checkpointing`` (e.g. EfficientNet's features
+      model, which checkpoints per stage; BatchNorm warning as above).
+    - Swin is refused: our wrapper runs its blocks itself (HF-style padding), so timm's
+      switch would do nothing.
+
+    Raises:
+        ConfigError: the backbone is none of these.
+    """
+    from seg_backbones.resnet import ResNet
+    from seg_backbones.timm_wrapper import TimmBackbone
+
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, ResNet):
+        _checkpoint_stages(backbone, [f"layer{i}" for i in range(1, 5)])
+        return
+    if isinstance(backbone, TimmBackbone) and backbone.family != "swin":
+        timm_model = backbone.model
+        switches = [
+            m
+            for m in timm_model.modules()
+            if m is not timm_model and isinstance(getattr(m, "grad_checkpointing", None), bool)
+        ]
+        if switches:
+            for m in switches:
+                m.grad_checkpointing = True
+            _warn_bn_recompute(timm_model, backbone.name)
+            return
+        from timm.models._features import FeatureDictNet, FeatureHookNet
+
+        # timm's features wrappers call each child in turn: checkpoint the blocks of its stages
+        stages = [n for n, m in timm_model.named_children() if type(m) is nn.Sequential]
+        if isinstance(timm_model, FeatureDictNet | FeatureHookNet) and stages:
+            _checkpoint_stages(timm_model, stages)
+            return
+        if hasattr(timm_model, "set_grad_checkpointing"):  # e.g. EfficientNetFeatures
+            timm_model.set_grad_checkpointing(True)
+            _warn_bn_recompute(timm_model, backbone.name)
+            return
+    name = type(backbone).__name__ if backbone is not None else type(model).__name__
+    family = f" ({backbone.name})" if isinstance(backbone, TimmBackbone) else ""
+    raise ConfigError(
+        f"key 'train.grad_checkpointing': not implemented for the backbone {name}{family}; it "
+        "works with the seg_backbones ResNets and timm backbones other than Swin. Set it to "
+        "false"
+    )
+
+
+def _warn_bn_recompute(model: nn.Module, name: str) -> None:
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        warnings.warn(
+            f"train.grad_checkpointing: timm's checkpointing of {name} recomputes its "
+            "BatchNorm layers in backward, which updates their running statistics a second "
+            "time per step (timm's behaviour)",
+            stacklevel=4,
+        )
+
+
+def _checkpoint_stages(parent: nn.Module, names: Sequence[str]) -> None:
+    for name in names:
+        stage = getattr(parent, name)
+        if not isinstance(stage, _CheckpointedBlocks):
+            setattr(parent, name, _CheckpointedBlocks(*stage))
+
+
 def _build_run(cfg: Config, accelerator: Any, stop: _StopSignal) -> Run:
     train_loader, val_loader, train_set, val_set = get_dataloaders(cfg)
     _quiet_workers(train_loader)
     _quiet_workers(val_loader)
     sampler, generator = train_loader.sampler, train_loader.generator
     model, optimizer, scheduler, criterion = build(cfg, accelerator)
+    # the EMA copies the eager model (before compiling); it starts as a copy (decay 0 at step 1)
+    ema = ModelEma.from_config(model, cfg.train.ema) if cfg.train.ema.enabled else None
+    if cfg.train.compile:
+        model.compile()  # in place: the state-dict keys stay those of the eager model
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     return Run(
         cfg=cfg,
@@ -499,17 +644,20 @@ def _build_run(cfg: Config, accelerator: Any, stop: _StopSignal) -> Run:
         stop=stop,
         sampler=sampler,
         loader_generator=generator,
+        ema=None if ema is None else ema.to(accelerator.device),
     )
 
 
 def _checkpoint_bytes(run: Run) -> tuple[int, int]:
-    """Estimated sizes of an iteration checkpoint and of best.pth (model only), in bytes."""
-    model = run.accelerator.unwrap_model(run.model)
+    """Estimated sizes of an iteration checkpoint and of best.pth (model only; with the EMA
+    on, plus best_ema.pth), in bytes."""
+    model = run.unwrapped
     model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     opt = run.cfg.optimizer
     slots = 2 if opt.name == "adamw" else int(opt.momentum > 0)
-    return model_bytes + slots * params, model_bytes
+    ema = model_bytes if run.ema is not None else 0  # the EMA weights, and best_ema.pth
+    return model_bytes + slots * params + ema, model_bytes + ema
 
 
 def preflight(run: Run) -> None:
@@ -577,16 +725,17 @@ def _restore(run: Run, resumed: tuple[Path, dict[str, Any]] | None) -> TrainStat
             "hold only the model): resume from an iter_*.pth checkpoint, or start a new run "
             "with model.pretrained_backbone / seg-eval for evaluation"
         )
-    bad = non_finite(ckpt["model"], ckpt["optimizer"])
+    bad = non_finite(ckpt["model"], ckpt["optimizer"], {"ema": ckpt.get("ema") or {}})
     if bad:
         raise CheckpointError(
             f"{path} holds non-finite values ({', '.join(bad)}): resuming would diverge at "
             "once; resume from an earlier checkpoint (--resume PATH)"
         )
     try:
-        acc.unwrap_model(run.model).load_state_dict(ckpt["model"])
+        run.unwrapped.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.scheduler.load_state_dict(ckpt["scheduler"])
+        _restore_ema(run, path, ckpt)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(
             f"{path}: does not fit the model/optimizer built from the config: {exc}"
@@ -614,15 +763,32 @@ def _restore(run: Run, resumed: tuple[Path, dict[str, Any]] | None) -> TrainStat
         epoch=epoch,
         skip=skip,
         best_miou=_best_miou(ckpt.get("best_miou"), cfg),
+        best_ema_miou=_best_miou(ckpt.get("best_ema_miou"), cfg, "best_ema.pth"),
         checkpoint=path,
         last_ckpt_iter=start,
     )
 
 
-def _best_miou(saved: float | None, cfg: Config) -> float | None:
-    """The best mIoU so far: the checkpoint's, or best.pth's when that is higher (the final
-    evaluation runs after the final checkpoint, so best.pth may know a newer value)."""
-    best = checkpoint_dir(cfg.output_dir) / "best.pth"
+def _restore_ema(run: Run, path: Path, ckpt: dict[str, Any]) -> None:
+    """The EMA weights of the checkpoint; a copy of the model when it has none (EMA just on)."""
+    if run.ema is None:
+        return
+    if ckpt.get("ema") is not None:
+        run.ema.module.load_state_dict(ckpt["ema"])
+        return
+    warnings.warn(
+        f"{path} holds no EMA weights (train.ema was off): the EMA starts from the resumed "
+        "model's weights",
+        stacklevel=3,
+    )
+    run.ema.module.load_state_dict(run.unwrapped.state_dict())
+
+
+def _best_miou(saved: float | None, cfg: Config, name: str = "best.pth") -> float | None:
+    """The best mIoU so far: the checkpoint's, or best.pth's (best_ema.pth's) when that is
+    higher (the final evaluation runs after the final checkpoint, so it may know a newer
+    value)."""
+    best = checkpoint_dir(cfg.output_dir) / name
     if best.is_file():
         try:
             other = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
@@ -696,6 +862,8 @@ def _train_step(run: Run, state: TrainState, batch: dict[str, Any], window: _Win
     window.lr_head = run.optimizer.param_groups[-1]["lr"]
     run.scheduler.step()
     state.iteration += 1
+    if run.ema is not None:
+        run.ema.update(run.unwrapped, state.iteration)
     window.iters += 1
     return True
 
@@ -815,8 +983,8 @@ def _batches(run: Run, state: TrainState) -> Any:
 def _check_weights(run: Run, state: TrainState) -> None:
     """Stop (TrainingDiverged) when weights or optimizer state hold NaN/inf, before they are
     evaluated or written: every checkpoint on disk is finite."""
-    model = run.accelerator.unwrap_model(run.model)
-    bad = non_finite(model.state_dict(), run.optimizer.state_dict())
+    ema = {} if run.ema is None else {"ema": run.ema.module.state_dict()}
+    bad = non_finite(run.unwrapped.state_dict(), run.optimizer.state_dict(), ema)
     flag = torch.tensor([float(bool(bad))], device=run.accelerator.device)
     if run.accelerator.num_processes > 1:
         flag = run.accelerator.reduce(flag, reduction="sum")
@@ -842,6 +1010,49 @@ def _diverged(run: Run, state: TrainState, what: str) -> None:
     raise TrainingDiverged(msg)
 
 
+def _checkpoint_record(
+    run: Run,
+    state: TrainState,
+    model_state: dict[str, torch.Tensor],
+    metrics: dict[str, Any] | None,
+    *,
+    rng: list[Any] | None = None,
+    best_miou: float | None = None,
+    weights: str = "model",
+) -> dict[str, Any]:
+    """The one checkpoint schema (seg_trainer.checkpoint's docstring lists it).
+
+    With ``rng`` an iteration checkpoint (everything to resume: optimizer, scheduler, scaler,
+    RNGs, the EMA and :class:`TrainState`'s bests); without, a model-only file (best.pth,
+    best_ema.pth) holding ``model_state`` (the EMA's for best_ema.pth, ``weights: "ema"``),
+    loadable by seg-eval/seg-infer like any checkpoint.
+    """
+    acc = run.accelerator
+    record: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "iteration": state.iteration,
+        "model": model_state,
+        "config": run.cfg.to_dict(),
+        "metrics": metrics,
+        "best_miou": state.best_miou if best_miou is None else best_miou,
+    }
+    if rng is None:
+        record["weights"] = weights
+        return record
+    record.update(
+        epoch=state.epoch,
+        optimizer=run.optimizer.state_dict(),
+        scheduler=run.scheduler.state_dict(),
+        scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
+        rng=rng,
+        world_size=acc.num_processes,
+        ema=None if run.ema is None else run.ema.module.state_dict(),
+        best_ema_miou=state.best_ema_miou,
+        ema_metrics=state.ema_metrics if metrics is not None else None,
+    )
+    return record
+
+
 def _save(run: Run, state: TrainState, metrics: dict[str, Any] | None) -> Path:
     """Write iter_<iteration>.pth (all state, every process's RNG) and prune old ones."""
     from accelerate.utils import gather_object
@@ -850,22 +1061,12 @@ def _save(run: Run, state: TrainState, metrics: dict[str, Any] | None) -> Path:
     _check_weights(run, state)
     rng_all = gather_object([get_rng_state()])  # every process's RNG, in rank order
     model_state = acc.get_state_dict(run.model)
+    if run.ema is not None:
+        run.ema.broadcast_buffers(acc)  # process 0's, as the model's (identical everywhere)
+        run.ema.check_synchronized(acc)
     path = checkpoint_dir(run.out_dir) / f"iter_{state.iteration:07d}.pth"
     if run.is_main:
-        ckpt = {
-            "format": CHECKPOINT_FORMAT,
-            "iteration": state.iteration,
-            "epoch": state.epoch,
-            "model": model_state,
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-            "rng": rng_all,
-            "config": run.cfg.to_dict(),
-            "best_miou": state.best_miou,
-            "metrics": metrics,
-            "world_size": acc.num_processes,
-        }
+        ckpt = _checkpoint_record(run, state, model_state, metrics, rng=rng_all)
         save_checkpoint(ckpt, path)
         prune_checkpoints(run.out_dir, run.cfg.checkpoint.keep_last)
     acc.wait_for_everyone()
@@ -900,14 +1101,41 @@ def _stop(run: Run, state: TrainState) -> None:
 
 
 def _evaluate(run: Run, state: TrainState, save_dir: Path | None = None) -> dict[str, Any]:
-    """Evaluate on every process; log; keep best.pth when the mIoU improved."""
+    """Evaluate on every process (and the EMA weights, when on); log; keep best.pth and
+    best_ema.pth when their mIoU improved."""
+    acc = run.accelerator
+    _broadcast_buffers(run.unwrapped, acc)
+    metrics = _evaluate_model(run, run.model, save_dir)
+    run.model.train()
+    record = {"type": "val", "iter": state.iteration, **_headline(metrics)}
+    state.metrics, state.last_eval_iter = metrics, state.iteration
+    if run.ema is not None:
+        run.ema.broadcast_buffers(acc)
+        state.ema_metrics = _evaluate_model(run, run.ema.module, None)
+        record.update({f"ema/{k}": v for k, v in _headline(state.ema_metrics).items()})
+    if run.logger is not None:
+        run.logger.log(record)
+    miou = metrics["mIoU"]
+    if miou is not None and (state.best_miou is None or miou > state.best_miou):
+        state.best_miou = miou
+        _keep_best(run, state, acc.get_state_dict(run.model), metrics, "best.pth")
+    if run.ema is not None:
+        assert state.ema_metrics is not None
+        miou = state.ema_metrics["mIoU"]
+        if miou is not None and (state.best_ema_miou is None or miou > state.best_ema_miou):
+            state.best_ema_miou = miou
+            _keep_best(run, state, run.ema.module.state_dict(), state.ema_metrics, "best_ema.pth")
+    return metrics
+
+
+def _evaluate_model(run: Run, model: nn.Module, save_dir: Path | None) -> dict[str, Any]:
+    """The metrics of ``model`` (the training model or the EMA) on the val set, sharded."""
     from .evaluate import evaluate
 
     cfg, acc = run.cfg, run.accelerator
     ev = cfg.evaluation
-    _broadcast_buffers(acc.unwrap_model(run.model), acc)
     result = evaluate(
-        run.model,
+        model,
         run.val_loader,
         acc,
         num_classes=cfg.model.num_classes,
@@ -924,28 +1152,27 @@ def _evaluate(run: Run, state: TrainState, save_dir: Path | None = None) -> dict
         save_dir=save_dir,
         check_stop=run.stop.check if acc.num_processes == 1 else None,
     )
-    run.model.train()
-    metrics = _metrics_dict(result)
-    state.metrics, state.last_eval_iter = metrics, state.iteration
-    if run.logger is not None:
-        run.logger.log({"type": "val", "iter": state.iteration, **_headline(metrics)})
-    miou = metrics["mIoU"]
-    if miou is not None and (state.best_miou is None or miou > state.best_miou):
-        state.best_miou = miou
-        if cfg.checkpoint.keep_best:
-            model_state = acc.get_state_dict(run.model)
-            if run.is_main:
-                best = {
-                    "format": CHECKPOINT_FORMAT,
-                    "iteration": state.iteration,
-                    "model": model_state,
-                    "config": cfg.to_dict(),
-                    "metrics": metrics,
-                    "best_miou": miou,
-                }
-                save_checkpoint(best, checkpoint_dir(run.out_dir) / "best.pth")
-            acc.wait_for_everyone()
-    return metrics
+    return _metrics_dict(result)
+
+
+def _keep_best(
+    run: Run, state: TrainState, model_state: dict[str, Any], metrics: dict[str, Any], name: str
+) -> None:
+    """best.pth (the model) or best_ema.pth (the EMA weights) with checkpoint.keep_best."""
+    if not run.cfg.checkpoint.keep_best:
+        return
+    if run.is_main:
+        ema = name == "best_ema.pth"
+        best = _checkpoint_record(
+            run,
+            state,
+            model_state,
+            metrics,
+            best_miou=metrics["mIoU"],
+            weights="ema" if ema else "model",
+        )
+        save_checkpoint(best, checkpoint_dir(run.out_dir) / name)
+    run.accelerator.wait_for_everyone()
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -1015,11 +1242,14 @@ def _write_outputs(run: Run, state: TrainState) -> dict[str, Path]:
     assert run.logger is not None
     run.logger.close()
     files: dict[str, Path] = {"checkpoint": state.checkpoint}  # type: ignore[dict-item]
-    if (checkpoint_dir(out) / "best.pth").exists():
-        files["best"] = checkpoint_dir(out) / "best.pth"
+    for key, name in (("best", "best.pth"), ("best_ema", "best_ema.pth")):
+        if (checkpoint_dir(out) / name).exists():
+            files[key] = checkpoint_dir(out) / name
     files["config"] = out / "config.yaml"
     files["log"] = out / "log.jsonl"
     summary = {"iter": state.iteration, "class_names": run.class_names, **(state.metrics or {})}
+    if run.ema is not None:
+        summary["ema"] = state.ema_metrics
     files["metrics"] = atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2))
     try:
         model = run.accelerator.unwrap_model(run.model)
@@ -1031,9 +1261,12 @@ def _write_outputs(run: Run, state: TrainState) -> dict[str, Path]:
     width = max(len(k) for k in files)
     lines = [f"  {k:<{width}}  {v}" for k, v in files.items()]
     miou = (state.metrics or {}).get("mIoU")
+    ema = (state.ema_metrics or {}).get("mIoU") if run.ema is not None else None
+    ema_text = "" if ema is None else f" (EMA {ema:.4f})"
     run.accelerator.print(
         f"done: {state.iteration} iterations, val mIoU "
-        f"{miou if miou is None else f'{miou:.4f}'}; outputs in {out}:\n" + "\n".join(lines)
+        f"{miou if miou is None else f'{miou:.4f}'}{ema_text}; outputs in {out}:\n"
+        + "\n".join(lines)
     )
     return files
 
