@@ -212,3 +212,22 @@ def test_wrong_variant_names_the_right_arch() -> None:
                 dict(pid_s, **{"auxiliary_head.x": pid_s["decode_head.conv_seg.bias"]}),
                 arch="pidnet-s",
             )
+
+
+@pytest.mark.parametrize(
+    ("name", "backbone", "mmseg_params"),
+    [  # mmseg 1.2.2's full models (training branches included), counted with mmseg itself
+        ("pidnet", "pidnet_s", 7_720_871),
+        ("pidnet", "pidnet_m", 28_762_983),
+        ("pidnet", "pidnet_l", 37_314_183),
+        ("ddrnet", "ddrnet_23_slim", 5_734_278),
+        ("ddrnet", "ddrnet_23", 20_299_238),
+    ],
+)
+def test_create_model_defaults_are_the_published_widths(
+    name: str, backbone: str, mmseg_params: int
+) -> None:
+    """No head_kwargs: the head width follows the backbone variant (PIDNet-L 256, DDRNet-23 128)."""
+    with torch.device("meta"):
+        model = create_model(name, backbone=backbone, num_classes=19)
+    assert sum(p.numel() for p in model.parameters()) == mmseg_params

@@ -266,7 +266,7 @@ def _create_pidnet(
             "no dilated variant (use create_model(..., output_stride=32) or its default)"
         )
     c, ppm, n_stem, n_branch = _VARIANTS[name]
-    return PIDNet(
+    net = PIDNet(
         channels=c if channels is None else channels,
         ppm_channels=ppm if ppm_channels is None else ppm_channels,
         num_stem_blocks=n_stem,
@@ -275,6 +275,12 @@ def _create_pidnet(
         align_corners=align_corners,
         in_chans=in_chans,
     )
+    # The published head widths, which the feature channels cannot tell apart (M and L both
+    # give 256): mmseg's pidnet-{s,m,l} configs, decode_head.channels 128 / 128 / 256.
+    # seg_heads.create_model uses them unless head_kwargs say otherwise.
+    width = 256 if name == "pidnet_l" else 128
+    net.head_defaults = {"pidnet": {"channels": width if channels is None else 4 * channels}}
+    return net
 
 
 _OPTIONS = frozenset(

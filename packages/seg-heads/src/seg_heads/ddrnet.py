@@ -120,6 +120,8 @@ def _ddrnet(
             "backbones' default is (0, 1)"
         )
     aux = head_kwargs.pop("aux_branch", True)
+    # mmseg's configs: head width = half the final level (slim 128 -> 64, DDRNet-23 256 -> 128)
+    head_kwargs.setdefault("channels", feature_info[in_index[1]][0] // 2)
     return DDRHead(
         feature_info[in_index[1]][0],
         feature_info[in_index[0]][0] if aux else None,

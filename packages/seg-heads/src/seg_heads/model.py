@@ -142,7 +142,8 @@ def create_model(
         head_kwargs: options of the decode head class, e.g. ``{"variant": "torchvision"}``
             for DeepLabV3, and ``in_index`` (the backbone level(s) the head reads; each
             head has its paper's default, -1 for single-level heads); the ASPP ``rates`` default to 12/24/36 at output stride 8 and
-            6/12/18 at 16.
+            6/12/18 at 16. A backbone's ``head_defaults[name]`` (e.g. PIDNet-L's head width)
+            fills what ``head_kwargs`` leaves out.
         aux_kwargs: :class:`FCNHead` options of the auxiliary head. ``variant`` defaults
             to the decode head's (``"mmseg"`` unless ``head_kwargs["variant"]`` says
             otherwise); with ``"mmseg"`` the defaults are mmseg's auxiliary head
@@ -185,13 +186,15 @@ def create_model(
     if pretrained_backbone is not None:
         load_pretrained(bb, pretrained_backbone, source="auto")
     info = list(bb.feature_info)
+    # a backbone may publish its paper's head options (PIDNet-L's 256-wide head)
+    head_options = {**getattr(bb, "head_defaults", {}).get(name, {}), **dict(head_kwargs or {})}
     try:
         decode_head = head_builder(
             info,
             num_classes,
             output_stride=output_stride,
             align_corners=align_corners,
-            **dict(head_kwargs or {}),
+            **head_options,
         )
         aux_head = None
         if aux and getattr(decode_head, "returns_aux", False):
