@@ -370,3 +370,89 @@ def test_pidnet_recipe_terms_build_from_yaml():
 
 def test_config_loss_section_default_builds_with_dataclass_default():
     assert LossConfig().terms == {"out": [{"name": "ce", "weight": 1.0}]}
+
+
+# ------------------------------------------------------ sigmoid BCE and OHEM averaged over all
+
+
+def test_sigmoid_ce_is_one_hot_bce_over_the_valid_pixels():
+    # 3 classes, 4 pixels; labels 0, 2, ignored, 1
+    logits = torch.tensor([[1.0, -2.0, 0.5, 3.0], [0.0, 1.5, -1.0, -0.5], [2.0, 0.3, 0.0, -3.0]])
+    logits = logits.reshape(1, 3, 1, 4).requires_grad_()
+    target = torch.tensor([[[0, 2, 255, 1]]])
+    onehot = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0]])
+    x = logits.detach().reshape(3, 4)
+    pos, neg = F.softplus(-x), F.softplus(x)  # -log sigmoid(x), -log(1 - sigmoid(x))
+    valid = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    summed = ((onehot * pos + (1 - onehot) * neg) * valid).sum().item()
+    got_all = create_loss("sigmoid_ce", average="all")(logits, target)
+    assert got_all.item() == pytest.approx(summed / 12, rel=1e-6)  # N x K x H x W
+    got_valid = create_loss("sigmoid_ce")(logits, target)
+    assert got_valid.item() == pytest.approx(summed / 9, rel=1e-6)  # K x valid pixels
+    got_valid.backward()
+    assert torch.all(logits.grad[..., 2] == 0) and torch.all(logits.grad[..., 0] != 0)
+    # class weights are BCE's pos_weight: they scale the positive terms only
+    w = torch.tensor([2.0, 0.5, 3.0]).reshape(3, 1)
+    weighted = ((onehot * w * pos + (1 - onehot) * neg) * valid).sum().item()
+    got = create_loss("sigmoid_ce", class_weights=[2.0, 0.5, 3.0], average="all")
+    assert got(logits, target).item() == pytest.approx(weighted / 12, rel=1e-6)
+
+
+def test_sigmoid_ce_single_channel_uses_the_label_as_target():
+    x = torch.tensor([0.5, -1.0, 2.0, 0.0]).reshape(1, 1, 1, 4)
+    target = torch.tensor([[[1, 0, 255, 1]]])
+    expected = F.softplus(-x[0, 0, 0, 0]) + F.softplus(x[0, 0, 0, 1]) + F.softplus(-x[0, 0, 0, 3])
+    assert create_loss("sigmoid_ce")(x, target).item() == pytest.approx(expected.item() / 3)
+    assert create_loss("sigmoid_ce", average="all")(x, target).item() == pytest.approx(
+        expected.item() / 4
+    )
+
+
+def test_sigmoid_ce_all_ignored_is_zero_and_bad_options_are_errors():
+    logits = torch.randn(1, 3, 2, 2, requires_grad=True)
+    target = torch.full((1, 2, 2), 255)
+    for average in ("valid", "all"):
+        value = create_loss("sigmoid_ce", average=average)(logits, target)
+        assert value.item() == 0.0 and value.requires_grad
+    with pytest.raises(ValueError, match="average must be one of"):
+        create_loss("sigmoid_ce", average="weighted")
+    with pytest.raises(ValueError, match="class_weights has 2 values"):
+        create_loss("sigmoid_ce", class_weights=[1.0, 2.0])(logits, target.clamp(max=0))
+
+
+def _two_class_ramp():
+    # logits (0, x): p(class 1) = sigmoid(x); labels 1, the last pixel ignored
+    x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 0.0])
+    logits = torch.stack([torch.zeros(7), x]).reshape(1, 2, 1, 7)
+    target = torch.ones(1, 1, 7, dtype=torch.long)
+    target[..., 6] = 255
+    return logits, target, F.softplus(-x[:6])  # the valid pixels' CE
+
+
+def test_ohem_average_all_divides_the_kept_loss_by_every_pixel():
+    logits, target, nll = _two_class_ramp()
+    # thresh 0.7: pixels 0..2 (p <= 0.5) kept; divided by all 7 pixels, the ignored one too
+    loss = create_loss("ohem", thresh=0.7, min_kept=0, average="all")
+    assert loss(logits, target).item() == pytest.approx(nll[:3].sum().item() / 7)
+    # min_kept 4 raises the threshold to the 4th smallest p: pixels 0..3
+    loss = create_loss("ohem", thresh=0.7, min_kept=4, average="all")
+    assert loss(logits, target).item() == pytest.approx(nll[:4].sum().item() / 7)
+    # the default (and "weighted") is the mean over the kept pixels, unchanged
+    for options in ({}, {"average": "weighted"}):
+        loss = create_loss("ohem", thresh=0.7, min_kept=4, **options)
+        assert loss(logits, target).item() == pytest.approx(nll[:4].mean().item())
+    # class weights scale each kept pixel; "all" still divides by the pixel count
+    loss = create_loss("ohem", thresh=0.7, min_kept=0, average="all", class_weights=[1.0, 3.0])
+    assert loss(logits, target).item() == pytest.approx(3 * nll[:3].sum().item() / 7)
+    with pytest.raises(ValueError, match="average must be one of"):
+        create_loss("ohem", average="valid")
+
+
+def test_ohem_min_kept_per_image_scales_with_the_batch():
+    logits, target, nll = _two_class_ramp()
+    logits, target = logits.repeat(2, 1, 1, 1), target.repeat(2, 1, 1)  # two equal images
+    # thresh 0.1 is below every p: only min_kept decides
+    per_batch = create_loss("ohem", thresh=0.1, min_kept=2, average="all")
+    assert per_batch(logits, target).item() == pytest.approx(2 * nll[0].item() / 14)
+    per_image = create_loss("ohem", thresh=0.1, min_kept=2, average="all", min_kept_per_image=True)
+    assert per_image(logits, target).item() == pytest.approx(2 * nll[:2].sum().item() / 14)

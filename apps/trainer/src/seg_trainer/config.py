@@ -167,7 +167,7 @@ class OptimizerConfig:
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
     weight_decay: float = 5e-4
-    decay_norm_and_bias: bool = False  # False: no weight decay on norm weights and biases
+    decay_norm_and_bias: bool = False  # False: no weight decay on norm weights, biases, nn.Embedding weights and Swin position tables
     head_lr_mult: float = 1.0  # LR multiplier for everything outside model.backbone
     # layer-wise LR decay (mmseg's LearningRateDecayOptimizerConstructor), timm ConvNeXt/Swin
     layer_decay: float | None = None  # decay rate, e.g. 0.9; null = off

@@ -1,7 +1,7 @@
 """Segmentation losses. Heads only produce logits; ignore handling and pixel sampling live here.
 
 * The loss zoo (:func:`create_loss`, :func:`register_loss`, :func:`list_losses`): ``ce``,
-  ``ohem``, ``ohem_pidnet``, ``dice``, ``tversky``, ``focal``, ``lovasz`` here; the
+  ``sigmoid_ce``, ``ohem``, ``ohem_pidnet``, ``dice``, ``tversky``, ``focal``, ``lovasz`` here; the
   boundary losses of the real-time models (``boundary_bce``, ``boundary_aware_ce``,
   ``detail``) in :mod:`seg_trainer.boundary_losses`; Mask2Former's set criterion in
   :mod:`seg_trainer.mask_classification`. A loss is an ``nn.Module`` called as
@@ -13,9 +13,11 @@
 * :func:`cross_entropy`: pixel-wise CE with ``ignore_index`` and optional class weights
   (weighted mean over the non-ignored pixels, as ``torch.nn.functional.cross_entropy``).
 * :func:`ohem_cross_entropy`: online hard example mining as in torchcv / PKUSeg's
-  ``OhemCrossEntropyLoss`` and mmseg's ``OHEMPixelSampler``: over all valid pixels of
-  the batch, keep those whose predicted probability of the true class is at most
-  ``thresh`` (0.7), raising the threshold so that at least ``min_kept`` pixels are kept.
+  ``OhemCrossEntropyLoss`` and mmseg's ``OHEMPixelSampler`` (with ``min_kept_per_image`` and
+  ``average="all"``): over all valid pixels of the batch, keep those whose predicted
+  probability of the true class is at most ``thresh`` (0.7), raising the threshold so that
+  at least ``min_kept`` pixels are kept.
+* :class:`SigmoidCrossEntropyLoss` (``sigmoid_ce``): mmseg's multi-class sigmoid BCE.
 * :class:`SegmentationLoss`: weighted terms per model output (``out``, ``aux*``,
   ``boundary``, ...), built from the config's ``loss`` section by :func:`build_loss`;
   by default CE on ``out`` + 0.4 x CE on every ``aux*`` output (aux weight 0.4 as mmseg,
@@ -44,6 +46,7 @@ __all__ = [
     "OhemCrossEntropyLoss",
     "PidnetOhemCrossEntropyLoss",
     "SegmentationLoss",
+    "SigmoidCrossEntropyLoss",
     "TverskyLoss",
     "build_loss",
     "create_loss",
@@ -54,6 +57,10 @@ __all__ = [
     "ohem_cross_entropy",
     "register_loss",
 ]
+
+
+_OHEM_AVERAGES = ("weighted", "all")
+_FLOAT32_EPS = torch.finfo(torch.float32).eps  # mmseg's weight_reduce_loss adds it to avg_factor
 
 
 def cross_entropy(
@@ -79,13 +86,27 @@ def ohem_cross_entropy(
     min_kept: int = 100000,
     ignore_index: int = 255,
     weight: Tensor | None = None,
+    average: str = "weighted",
+    min_kept_per_image: bool = False,
 ) -> Tensor:
     """CE over the hard pixels: true-class probability <= max(thresh, p_(min_kept)).
 
     ``p_(min_kept)`` is the ``min_kept``-th smallest true-class probability among the
     valid pixels, so at least ``min(min_kept, #valid)`` pixels are kept (ties may keep
-    more). The selection is done without gradient, over the whole batch.
+    more). The selection is done without gradient, over the whole batch;
+    ``min_kept_per_image`` multiplies ``min_kept`` by the batch size (mmseg's
+    ``OHEMPixelSampler``: ``batch_kept = min_kept * N``).
+
+    ``average`` says what the kept pixels' summed (class-weighted) CE is divided by:
+    ``"weighted"`` (default, PyTorch's): the sum of the kept pixels' class weights (their
+    count without weights); ``"all"``: ``N x H x W``, every pixel of the batch, ignored and
+    unkept ones included, plus float32 eps (mmseg's ``OHEMPixelSampler`` feeding a 0/1
+    pixel weight to its default ``CrossEntropyLoss``, whose ``avg_factor`` is
+    ``label.numel()``; with ``class_weight`` mmseg divides by the summed class weights of
+    all labels instead, and fails on ignored labels).
     """
+    if average not in _OHEM_AVERAGES:
+        raise ValueError(f"average must be one of {list(_OHEM_AVERAGES)}, got {average!r}")
     logits = logits.float()
     valid = target != ignore_index
     num_valid = int(valid.sum())
@@ -96,13 +117,19 @@ def ohem_cross_entropy(
         safe_target = target.masked_fill(~valid, 0)
         true_prob = prob.gather(1, safe_target.unsqueeze(1)).squeeze(1)
         threshold = torch.tensor(thresh, dtype=true_prob.dtype, device=true_prob.device)
-        if min_kept > 0:
-            k = min(num_valid, min_kept)
+        wanted = min_kept * target.shape[0] if min_kept_per_image else min_kept
+        if wanted > 0:
+            k = min(num_valid, wanted)
             kth = true_prob[valid].kthvalue(k).values
             threshold = torch.maximum(threshold, kth)
         kept = valid & (true_prob <= threshold)
     hard_target = target.masked_fill(~kept, ignore_index)
-    return F.cross_entropy(logits, hard_target, weight=weight, ignore_index=ignore_index)
+    if average == "weighted":
+        return F.cross_entropy(logits, hard_target, weight=weight, ignore_index=ignore_index)
+    pixel = F.cross_entropy(
+        logits, hard_target, weight=weight, ignore_index=ignore_index, reduction="none"
+    )
+    return pixel.sum() / (target.numel() + _FLOAT32_EPS)
 
 
 # ----------------------------------------------------------------------------- the loss zoo
@@ -205,7 +232,16 @@ class CrossEntropyLoss(nn.Module):
 
 @register_loss("ohem")
 class OhemCrossEntropyLoss(nn.Module):
-    """:func:`ohem_cross_entropy` as a module (``thresh`` 0.7, ``min_kept`` 100000)."""
+    """:func:`ohem_cross_entropy` as a module (``thresh`` 0.7, ``min_kept`` 100000).
+
+    ``average``: ``"weighted"`` (default) or ``"all"``; ``min_kept_per_image``: ``min_kept``
+    counts per image of the batch. ``average: all`` with ``min_kept_per_image: true`` is
+    mmseg's ``OHEMPixelSampler(thresh, min_kept)`` + default ``CrossEntropyLoss`` (e.g. the
+    STDC recipes); mmseg keeps the pixels strictly below the sorted probability at 0-based
+    index ``min(batch_kept, n - 1)``, which is the same set except for ties and when
+    ``batch_kept >= n`` (mmseg then leaves out the most confident valid pixel if its
+    probability is above ``thresh``).
+    """
 
     def __init__(
         self,
@@ -214,13 +250,18 @@ class OhemCrossEntropyLoss(nn.Module):
         min_kept: int = 100000,
         ignore_index: int = 255,
         class_weights: Sequence[float] | None = None,
+        average: str = "weighted",
+        min_kept_per_image: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 < thresh <= 1.0:
             raise ValueError(f"thresh must be in (0, 1], got {thresh}")
         if min_kept < 0:
             raise ValueError(f"min_kept must be >= 0, got {min_kept}")
+        if average not in _OHEM_AVERAGES:
+            raise ValueError(f"average must be one of {list(_OHEM_AVERAGES)}, got {average!r}")
         self.thresh, self.min_kept, self.ignore_index = thresh, min_kept, ignore_index
+        self.average, self.min_kept_per_image = average, bool(min_kept_per_image)
         weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weight, persistent=False)
 
@@ -233,7 +274,70 @@ class OhemCrossEntropyLoss(nn.Module):
             min_kept=self.min_kept,
             ignore_index=self.ignore_index,
             weight=weight,
+            average=self.average,
+            min_kept_per_image=self.min_kept_per_image,
         )
+
+
+_SIGMOID_CE_AVERAGES = ("valid", "all")
+
+
+@register_loss("sigmoid_ce")
+class SigmoidCrossEntropyLoss(nn.Module):
+    """Multi-class sigmoid BCE, as mmseg 1.2.2's ``CrossEntropyLoss(use_sigmoid=True)``.
+
+    Each of the K logits is a binary classifier of its class against the one-hot label;
+    ``BCEWithLogits`` per pixel and class, zero at pixels labelled ``ignore_index`` (or
+    negative). With K = 1 the label itself (0/1) is the target (mmseg's binary case).
+    ``class_weights`` (K values) are BCE's ``pos_weight``: they scale the positive term of
+    each class, as mmseg passes ``class_weight`` (mmseg broadcasts it over the last axis,
+    which is the class axis only for N x K scores; here it is always the class axis).
+    ``average`` says what the summed losses are divided by: ``"valid"`` (default): K x the
+    number of valid pixels, plus float32 eps (mmseg's ``avg_non_ignore=True``); ``"all"``:
+    ``N x K x H x W``, ignored pixels included (mmseg's default, e.g. Fast-SCNN's recipe).
+    """
+
+    def __init__(
+        self,
+        *,
+        ignore_index: int = 255,
+        class_weights: Sequence[float] | None = None,
+        average: str = "valid",
+    ) -> None:
+        super().__init__()
+        if average not in _SIGMOID_CE_AVERAGES:
+            raise ValueError(
+                f"average must be one of {list(_SIGMOID_CE_AVERAGES)}, got {average!r}"
+            )
+        self.ignore_index, self.average = ignore_index, average
+        weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", weight, persistent=False)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits = logits.float()
+        k = logits.shape[1]
+        valid = (target >= 0) & (target != self.ignore_index)
+        safe = target.masked_fill(~valid, 0).long()
+        if k == 1:
+            positive = (safe == 1).unsqueeze(1)
+        else:
+            positive = F.one_hot(safe, k).movedim(-1, 1).bool()
+        mask = valid.unsqueeze(1).to(logits.dtype)
+        pos_weight = None
+        if self.class_weights is not None:
+            if self.class_weights.numel() != k:
+                raise ValueError(
+                    f"class_weights has {self.class_weights.numel()} values but the logits "
+                    f"have {k} channels"
+                )
+            pos_weight = self.class_weights.to(logits.device).reshape(k, 1, 1)
+        pixel = F.binary_cross_entropy_with_logits(
+            logits, positive.to(logits.dtype), pos_weight=pos_weight, reduction="none"
+        )
+        total = (pixel * mask).sum()
+        if self.average == "all":
+            return total / pixel.numel()
+        return total / (mask.sum() * k + _FLOAT32_EPS)
 
 
 def _probs_and_onehot(
