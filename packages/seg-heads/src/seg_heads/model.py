@@ -172,7 +172,6 @@ def create_model(
         "head_kwargs": copy.deepcopy(dict(head_kwargs or {})),
         "aux_kwargs": copy.deepcopy(dict(aux_kwargs or {})),
     }
-
     if "output_stride" in build_config["backbone_kwargs"]:
         raise TypeError(
             "pass output_stride to create_model, not in backbone_kwargs "
@@ -186,7 +185,6 @@ def create_model(
     if pretrained_backbone is not None:
         load_pretrained(bb, pretrained_backbone, source="auto")
     info = list(bb.feature_info)
-    # a backbone may publish its paper's head options (PIDNet-L's 256-wide head)
     head_options = {**getattr(bb, "head_defaults", {}).get(name, {}), **dict(head_kwargs or {})}
     try:
         decode_head = head_builder(
