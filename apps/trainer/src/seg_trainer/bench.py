@@ -72,7 +72,7 @@ import resource
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -338,6 +338,82 @@ def _check_options(device: torch.device, amp: str, syncbn: bool) -> None:
         )
 
 
+def _to_syncbn(
+    model: nn.Module, spec: str, dev: torch.device, *, train: bool
+) -> tuple[nn.Module, bool]:
+    """SyncBatchNorm on a 1-rank NCCL group (DDP-wrapped for training); also whether this
+    call started the process group (the caller destroys it)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    started = False
+    if not dist.is_initialized():
+        dist.init_process_group(
+            "nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        )
+        started = True
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    n_sync = sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    if n_sync == 0:
+        raise RuntimeError(f"{spec}: no BatchNorm layer was converted to SyncBatchNorm")
+    if train:
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        model = DistributedDataParallel(model, device_ids=[index])
+    return model, started
+
+
+def _make_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    mode: str,
+    amp: str,
+    dev: torch.device,
+    spec: str,
+) -> Callable[[], None]:
+    """One timed step: an inference forward, or a training step (CE + 0.4 x aux CE, SGD)."""
+    dtype = AMP_DTYPES[amp]
+    autocast = (
+        torch.autocast(device_type=dev.type, dtype=dtype)
+        if dtype is not None
+        else contextlib.nullcontext()
+    )
+
+    if mode == "infer":
+        model.eval()
+
+        def step() -> None:
+            with torch.inference_mode(), autocast:
+                model(x)["out"].float()
+
+    else:
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                out = model(x)
+                loss = F.cross_entropy(out["out"].float(), target, ignore_index=255)
+                if out.get("aux") is not None:
+                    loss = loss + 0.4 * F.cross_entropy(
+                        out["aux"].float(), target, ignore_index=255
+                    )
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{spec}: non-finite training loss {loss.item()}")
+
+    return step
+
+
 def run_case(
     spec: str,
     *,
@@ -380,59 +456,8 @@ def run_case(
 
     group_started = False
     if syncbn:
-        import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel
-
-        if not dist.is_initialized():
-            dist.init_process_group(
-                "nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
-            )
-            group_started = True
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        n_sync = sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
-        if n_sync == 0:
-            raise RuntimeError(f"{spec}: no BatchNorm layer was converted to SyncBatchNorm")
-        if mode == "train":
-            index = dev.index if dev.index is not None else torch.cuda.current_device()
-            model = DistributedDataParallel(model, device_ids=[index])
-
-    dtype = AMP_DTYPES[amp]
-    autocast = (
-        torch.autocast(device_type=dev.type, dtype=dtype)
-        if dtype is not None
-        else contextlib.nullcontext()
-    )
-
-    if mode == "infer":
-        model.eval()
-
-        def step() -> None:
-            with torch.inference_mode(), autocast:
-                model(x)["out"].float()
-
-    else:
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-        scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                out = model(x)
-                loss = F.cross_entropy(out["out"].float(), target, ignore_index=255)
-                if out.get("aux") is not None:
-                    loss = loss + 0.4 * F.cross_entropy(
-                        out["aux"].float(), target, ignore_index=255
-                    )
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{spec}: non-finite training loss {loss.item()}")
+        model, group_started = _to_syncbn(model, spec, dev, train=mode == "train")
+    step = _make_step(model, x, target, mode=mode, amp=amp, dev=dev, spec=spec)
 
     def sync() -> None:
         if dev.type == "cuda":
