@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["create_backbone", "list_backbones", "register_backbone"]
+__all__ = ["build_checked", "create_backbone", "list_backbones", "register_backbone"]
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 
@@ -50,3 +51,20 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
             "or 'timm:<model>' for any timm model (needs `pip install seg-backbones[timm]`)"
         ) from None
     return builder(**kwargs)
+
+
+def build_checked(
+    name: str, factory: Callable[..., nn.Module], kwargs: dict[str, Any]
+) -> nn.Module:
+    """``factory(name, **kwargs)``; an option ``factory`` does not take is a ``TypeError``
+    naming the variant and listing its keyword-only options (the family builders register
+    ``**kwargs`` wrappers, so Python itself would not say which variant was asked)."""
+    options = {
+        n for n, p in inspect.signature(factory).parameters.items() if p.kind is p.KEYWORD_ONLY
+    }
+    unknown = sorted(set(kwargs) - options)
+    if unknown:
+        raise TypeError(
+            f"{name}: unknown option(s) {unknown}; valid keyword options are {sorted(options)}"
+        )
+    return factory(name, **kwargs)

@@ -38,7 +38,6 @@ Module names are mmseg's, so its checkpoints load by name (``backbone.`` strippe
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._features import FeatureInfo
-from ._registry import register_backbone
+from ._registry import build_checked, register_backbone
 from .norm import NormLayer, get_norm_layer
 
 __all__ = [
@@ -450,30 +449,16 @@ def _create_ddrnet(
     )
 
 
-_OPTIONS = frozenset(
-    n for n, p in inspect.signature(_create_ddrnet).parameters.items() if p.kind is p.KEYWORD_ONLY
-)
-
-
-def _build(name: str, kwargs: dict[str, Any]) -> DDRNet:
-    unknown = sorted(set(kwargs) - _OPTIONS)
-    if unknown:
-        raise TypeError(
-            f"{name}: unknown option(s) {unknown}; valid keyword options are {sorted(_OPTIONS)}"
-        )
-    return _create_ddrnet(name, **kwargs)
-
-
 @register_backbone
 def ddrnet_23_slim(**kwargs: Any) -> DDRNet:
     """DDRNet-23-slim (mmseg ``ddrnet_23-slim_in1k-pre``): ``c=32``, outputs 64/128 at stride 8.
 
     ``channels=`` overrides the base width (a narrower test model; not a published one).
     """
-    return _build("ddrnet_23_slim", kwargs)
+    return build_checked("ddrnet_23_slim", _create_ddrnet, kwargs)  # type: ignore[return-value]
 
 
 @register_backbone
 def ddrnet_23(**kwargs: Any) -> DDRNet:
     """DDRNet-23 (mmseg ``ddrnet_23_in1k-pre``): ``c=64``, outputs 128/256 at stride 8."""
-    return _build("ddrnet_23", kwargs)
+    return build_checked("ddrnet_23", _create_ddrnet, kwargs)  # type: ignore[return-value]

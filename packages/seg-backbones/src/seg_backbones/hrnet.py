@@ -30,7 +30,6 @@ and, at stride 1 without dilation, the same layers).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._features import FeatureInfo
-from ._registry import register_backbone
+from ._registry import build_checked, register_backbone
 from .norm import NormLayer, get_norm_layer, is_batch_norm
 from .resnet import BasicBlock, Bottleneck
 
@@ -343,27 +342,13 @@ def _create_hrnet(
     )
 
 
-_OPTIONS = frozenset(
-    n for n, p in inspect.signature(_create_hrnet).parameters.items() if p.kind is p.KEYWORD_ONLY
-)
-
-
-def _build(name: str, kwargs: dict[str, Any]) -> HRNet:
-    unknown = sorted(set(kwargs) - _OPTIONS)
-    if unknown:
-        raise TypeError(
-            f"{name}: unknown option(s) {unknown}; valid keyword options are {sorted(_OPTIONS)}"
-        )
-    return _create_hrnet(name, **kwargs)
-
-
 @register_backbone
 def hrnet_w18(**kwargs: Any) -> HRNet:
     """HRNetV2-W18 (mmseg ``ocrnet_hr18``): branches 18/36/72/144 at strides 4/8/16/32."""
-    return _build("hrnet_w18", kwargs)
+    return build_checked("hrnet_w18", _create_hrnet, kwargs)  # type: ignore[return-value]
 
 
 @register_backbone
 def hrnet_w48(**kwargs: Any) -> HRNet:
     """HRNetV2-W48 (mmseg ``ocrnet_hr48``): branches 48/96/192/384 at strides 4/8/16/32."""
-    return _build("hrnet_w48", kwargs)
+    return build_checked("hrnet_w48", _create_hrnet, kwargs)  # type: ignore[return-value]

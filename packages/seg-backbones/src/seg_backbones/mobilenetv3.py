@@ -48,7 +48,6 @@ mmseg's layout (``layer0`` .. ``layer16``, ``expand_conv`` / ``depthwise_conv`` 
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -57,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._features import FeatureInfo
-from ._registry import register_backbone
+from ._registry import build_checked, register_backbone
 from .norm import FrozenBatchNorm2d, NormLayer, get_norm_layer, is_batch_norm
 
 __all__ = [
@@ -503,27 +502,13 @@ def _create(
     )
 
 
-_OPTIONS = frozenset(
-    n for n, p in inspect.signature(_create).parameters.items() if p.kind is p.KEYWORD_ONLY
-)
-
-
-def _build(name: str, kwargs: dict[str, Any]) -> MobileNetV3:
-    unknown = sorted(set(kwargs) - _OPTIONS)
-    if unknown:
-        raise TypeError(
-            f"{name}: unknown option(s) {unknown}; valid keyword options are {sorted(_OPTIONS)}"
-        )
-    return _create(name, **kwargs)
-
-
 @register_backbone
 def mobilenet_v3_large(**kwargs: Any) -> MobileNetV3:
     """MobileNetV3-Large: levels 16/24/40/960 at strides 2/4/8/OS (torchvision, mmseg ``large``)."""
-    return _build("mobilenet_v3_large", kwargs)
+    return build_checked("mobilenet_v3_large", _create, kwargs)  # type: ignore[return-value]
 
 
 @register_backbone
 def mobilenet_v3_small(**kwargs: Any) -> MobileNetV3:
     """MobileNetV3-Small: levels 16/16/24/576 at strides 2/4/8/OS (torchvision, mmseg ``small``)."""
-    return _build("mobilenet_v3_small", kwargs)
+    return build_checked("mobilenet_v3_small", _create, kwargs)  # type: ignore[return-value]

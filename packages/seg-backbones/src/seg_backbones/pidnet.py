@@ -44,7 +44,6 @@ Module names are mmseg's, so its checkpoints load by name (``backbone.`` strippe
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from ._features import FeatureInfo
-from ._registry import register_backbone
+from ._registry import build_checked, register_backbone
 from .ddrnet import (
     DAPPM,
     PAPPM,
@@ -283,36 +282,22 @@ def _create_pidnet(
     return net
 
 
-_OPTIONS = frozenset(
-    n for n, p in inspect.signature(_create_pidnet).parameters.items() if p.kind is p.KEYWORD_ONLY
-)
-
-
-def _build(name: str, kwargs: dict[str, Any]) -> PIDNet:
-    unknown = sorted(set(kwargs) - _OPTIONS)
-    if unknown:
-        raise TypeError(
-            f"{name}: unknown option(s) {unknown}; valid keyword options are {sorted(_OPTIONS)}"
-        )
-    return _create_pidnet(name, **kwargs)
-
-
 @register_backbone
 def pidnet_s(**kwargs: Any) -> PIDNet:
     """PIDNet-S (mmseg ``pidnet-s``): ``c=32``; outputs P 64, D 64, fused 128 at stride 8.
 
     ``channels=`` / ``ppm_channels=`` override the widths (a narrower test model; not published).
     """
-    return _build("pidnet_s", kwargs)
+    return build_checked("pidnet_s", _create_pidnet, kwargs)  # type: ignore[return-value]
 
 
 @register_backbone
 def pidnet_m(**kwargs: Any) -> PIDNet:
     """PIDNet-M (mmseg ``pidnet-m``): ``c=64``; outputs P 128, D 128, fused 256 at stride 8."""
-    return _build("pidnet_m", kwargs)
+    return build_checked("pidnet_m", _create_pidnet, kwargs)  # type: ignore[return-value]
 
 
 @register_backbone
 def pidnet_l(**kwargs: Any) -> PIDNet:
     """PIDNet-L (mmseg ``pidnet-l``): ``c=64``, DAPPM and Bag; outputs 128, 128, 256 at stride 8."""
-    return _build("pidnet_l", kwargs)
+    return build_checked("pidnet_l", _create_pidnet, kwargs)  # type: ignore[return-value]
