@@ -244,6 +244,55 @@ def _evaluate_batch(
     return preds
 
 
+def _predict_all(
+    net: nn.Module,
+    loader: Any,
+    indices: Sequence[int],
+    cm: Any,
+    accelerator: Any,
+    kwargs: dict[str, Any],
+    *,
+    out_dir: Any,
+    palette: np.ndarray | None,
+    label_id_fn: Callable[[np.ndarray], np.ndarray] | None,
+    ignore_index: int,
+    check_stop: Callable[[], None] | None,
+    progress: bool,
+) -> None:
+    """Predict this process's shard into ``cm`` (and the prediction folders), with a bar."""
+    from tqdm.auto import tqdm
+
+    mode = kwargs["mode"]
+    bar = tqdm(
+        total=len(indices),
+        desc=f"eval ({mode})",
+        unit="img",
+        disable=not (progress and accelerator.is_main_process),
+        dynamic_ncols=True,
+    )
+    try:
+        with torch.no_grad():
+            for batch, batch_indices in _batches(loader, indices):
+                if check_stop is not None:
+                    check_stop()
+                metas = batch.get("meta") or [None] * len(batch_indices)
+                preds_for_saving = _evaluate_batch(
+                    net, batch, batch_indices, metas, cm, accelerator, out_dir is not None, kwargs
+                )
+                for pred_np, meta, idx in zip(preds_for_saving, metas, batch_indices):
+                    _save_prediction(
+                        pred_np,
+                        _sample_name(meta, idx),
+                        out_dir,
+                        palette,
+                        label_id_fn,
+                        ignore_index,
+                    )  # type: ignore[arg-type]
+                bar.update(len(batch_indices))
+    finally:
+        bar.close()
+
+
 def evaluate(
     model: nn.Module,
     dataloader: DataLoader,
@@ -293,8 +342,6 @@ def evaluate(
         The ``seg_metrics`` result of the all-reduced confusion matrix (same on every
         process); the per-class table is printed on the main process.
     """
-    from tqdm.auto import tqdm
-
     from seg_metrics import ConfusionMatrix
 
     if mode not in MODES:
@@ -319,29 +366,13 @@ def evaluate(
         num_classes=num_classes,
         align_corners=align_corners,
     )
-    bar = tqdm(
-        total=len(indices),
-        desc=f"eval ({mode})",
-        unit="img",
-        disable=not (progress and accelerator.is_main_process),
-        dynamic_ncols=True,
-    )
     try:
-        with torch.no_grad():
-            for batch, batch_indices in _batches(loader, indices):
-                if check_stop is not None:
-                    check_stop()
-                metas = batch.get("meta") or [None] * len(batch_indices)
-                preds_for_saving = _evaluate_batch(
-                    net, batch, batch_indices, metas, cm, accelerator, out_dir is not None, kwargs
-                )
-                for pred_np, meta, idx in zip(preds_for_saving, metas, batch_indices):
-                    _save_prediction(
-                        pred_np, _sample_name(meta, idx), out_dir, pal, label_id_fn, ignore_index
-                    )  # type: ignore[arg-type]
-                bar.update(len(batch_indices))
+        _predict_all(
+            net, loader, indices, cm, accelerator, kwargs,
+            out_dir=out_dir, palette=pal, label_id_fn=label_id_fn, ignore_index=ignore_index,
+            check_stop=check_stop, progress=progress,
+        )  # fmt: skip
     finally:
-        bar.close()
         net.train(was_training)
     cm.all_reduce()
     result = cm.compute()
