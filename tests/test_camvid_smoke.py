@@ -9,7 +9,6 @@ configs' model, transforms, optimizer and loss are exercised as written.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,22 +17,7 @@ from seg_trainer import evaluate as eval_mod
 from seg_trainer import train as train_mod
 
 REPO = Path(__file__).resolve().parents[1]
-CAMVID = REPO.parent / "shared" / "data" / "camvid"
 CONFIGS = sorted((REPO / "apps" / "trainer" / "configs" / "camvid").glob("*.yaml"))
-
-
-@pytest.fixture(scope="module")
-def camvid_root(tmp_path_factory) -> Path:
-    """CamVid's folders linked into a temporary root with a 2-image ``smoke`` split."""
-    if not (CAMVID / "train.txt").is_file():
-        pytest.skip(f"CamVid not found at {CAMVID} (see ../shared/data/README.md)")
-    root = tmp_path_factory.mktemp("camvid")
-    for entry in CAMVID.iterdir():
-        if entry.is_dir():
-            os.symlink(entry, root / entry.name)
-    pairs = (CAMVID / "test.txt").read_text().splitlines()[:2]
-    (root / "smoke.txt").write_text("\n".join(pairs) + "\n")
-    return root
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)

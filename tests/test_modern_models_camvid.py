@@ -9,7 +9,6 @@ test's: two iterations of batch 2 on 64x64 crops, evaluation on a 2-image split.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from seg_trainer import evaluate as eval_mod
 from seg_trainer import train as train_mod
 
 REPO = Path(__file__).resolve().parents[1]
-CAMVID = REPO.parent / "shared" / "data" / "camvid"
 CONFIG = REPO / "apps" / "trainer" / "configs" / "camvid" / "pspnet_r18-deep_camvid_288x288.yaml"
 
 # (name, backbone, output_stride, aux, head_kwargs, aux_kwargs): narrow heads keep CI fast
@@ -30,20 +28,6 @@ MODELS = [
     ("segformer", "mit_b0", 32, False, "{channels: 32}", "{}"),
     ("ocrnet", "hrnet_w18", 32, False, "{}", "{}"),
 ]
-
-
-@pytest.fixture(scope="module")
-def camvid_root(tmp_path_factory) -> Path:
-    """CamVid's folders linked into a temporary root with a 2-image ``smoke`` split."""
-    if not (CAMVID / "train.txt").is_file():
-        pytest.skip(f"CamVid not found at {CAMVID} (see ../shared/data/README.md)")
-    root = tmp_path_factory.mktemp("camvid")
-    for entry in CAMVID.iterdir():
-        if entry.is_dir():
-            os.symlink(entry, root / entry.name)
-    pairs = (CAMVID / "test.txt").read_text().splitlines()[:2]
-    (root / "smoke.txt").write_text("\n".join(pairs) + "\n")
-    return root
 
 
 @pytest.mark.parametrize("spec", MODELS, ids=lambda s: f"{s[0]}-{s[1]}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from seg_trainer import evaluate as eval_mod
 from seg_trainer import train as train_mod
 
 REPO = Path(__file__).resolve().parents[1]
-CAMVID = REPO.parent / "shared" / "data" / "camvid"
 CONFIGS = REPO / "apps" / "trainer" / "configs" / "camvid"
 
 # config -> (crop, {logged loss part: its weight in the total}); the parts are what the
@@ -65,20 +63,6 @@ CASES = {
 def test_every_new_camvid_config_is_tested() -> None:
     names = {p.stem for p in CONFIGS.glob("*.yaml")}
     assert set(CASES) <= names
-
-
-@pytest.fixture(scope="module")
-def camvid_root(tmp_path_factory) -> Path:
-    """CamVid's folders linked into a temporary root with a 2-image ``smoke`` split."""
-    if not (CAMVID / "train.txt").is_file():
-        pytest.skip(f"CamVid not found at {CAMVID} (see ../shared/data/README.md)")
-    root = tmp_path_factory.mktemp("camvid")
-    for entry in CAMVID.iterdir():
-        if entry.is_dir():
-            os.symlink(entry, root / entry.name)
-    pairs = (CAMVID / "test.txt").read_text().splitlines()[:2]
-    (root / "smoke.txt").write_text("\n".join(pairs) + "\n")
-    return root
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
