@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from seg_data import voc_colormap
 from seg_trainer.build import build_model
 from seg_trainer.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from seg_trainer.config import config_from_dict
-from seg_trainer.infer import cli, find_images, voc_palette
+from seg_trainer.infer import cli, find_images
 
 CONFIG = {
     "output_dir": "unused",
@@ -48,7 +49,7 @@ def _write_images(folder: Path) -> list[np.ndarray]:
 
 
 def test_voc_palette_matches_the_voc_colour_map() -> None:
-    pal = voc_palette(21)
+    pal = voc_colormap(21)
     assert pal[0].tolist() == [0, 0, 0]
     assert pal[1].tolist() == [128, 0, 0]
     assert pal[15].tolist() == [192, 128, 128]  # person
@@ -89,9 +90,9 @@ def test_masks_colours_and_overlays(tmp_path: Path, checkpoint: Path, capsys) ->
     assert mask.shape == (30, 41) and np.array_equal(mask, expected)
     # the synthetic dataset's palette (VOC colour map) colours the mask
     colour = np.array(Image.open(out / "color" / "a.png"))
-    assert np.array_equal(colour, voc_palette(3)[mask])
+    assert np.array_equal(colour, voc_colormap(3)[mask])
     blend = np.array(Image.open(out / "overlay" / "a.png")).astype(int)
-    ref = np.round(0.5 * images[0] + 0.5 * voc_palette(3)[mask].astype(float)).astype(int)
+    ref = np.round(0.5 * images[0] + 0.5 * voc_colormap(3)[mask].astype(float)).astype(int)
     assert np.abs(blend - ref).max() <= 1
     assert (out / "masks" / "sub" / "b.png").is_file()
 

@@ -12,12 +12,20 @@ PALETTE = np.array([[10, 20, 30], [200, 100, 0], [0, 0, 255]], np.uint8)
 
 
 def test_colorize_uses_palette_and_draws_ignore_black():
-    label = np.array([[0, 1, 2], [255, 2, 7]])
+    label = np.array([[0, 1, 2], [255, 2, 0]])
     out = colorize(torch.from_numpy(label), PALETTE)
     assert out.shape == (2, 3, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out[0], PALETTE)
-    assert (out[1, 0] == 0).all() and (out[1, 2] == 0).all()  # 255 and out-of-range: black
+    assert (out[1, 0] == 0).all()  # ignore: black
     np.testing.assert_array_equal(out[1, 1], PALETTE[2])
+    np.testing.assert_array_equal(colorize(label.astype(np.uint8), PALETTE), out)  # LUT path
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8])
+def test_colorize_refuses_a_class_the_palette_lacks(dtype):
+    label = np.array([[0, 7]], dtype=dtype)
+    with pytest.raises(ValueError, match="class 7 but the palette has 3 colours"):
+        colorize(label, PALETTE)
 
 
 def test_overlay_blends_and_keeps_image_on_ignore():
@@ -29,7 +37,9 @@ def test_overlay_blends_and_keeps_image_on_ignore():
     np.testing.assert_array_equal(overlay(image, label, PALETTE, alpha=0.0), image)
     with pytest.raises(ValueError, match="uint8"):
         overlay(image.astype(np.float32), label, PALETTE)
-    with pytest.raises(ValueError, match="sizes differ"):
+    with pytest.raises(ValueError, match="alpha"):
+        overlay(image, label, PALETTE, alpha=1.5)
+    with pytest.raises(ValueError, match="differs from the image"):
         overlay(image, label[:1], PALETTE)
 
 

@@ -67,11 +67,10 @@ from seg_trainer.inference import (
     prepare_image,
     resize_labels,
     slide_labels,
-    voc_palette,
 )
 from seg_trainer.visualize import colorize, overlay
 
-__all__ = ["IMAGE_SUFFIXES", "cli", "find_images", "predict_mask", "voc_palette"]
+__all__ = ["IMAGE_SUFFIXES", "cli", "find_images", "predict_mask"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

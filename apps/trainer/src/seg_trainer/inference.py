@@ -57,6 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seg_data import voc_colormap
+
 __all__ = [
     "MODES",
     "palette_and_classes",
@@ -65,7 +67,6 @@ __all__ = [
     "resize_labels",
     "slide_labels",
     "slide_windows",
-    "voc_palette",
 ]
 
 MODES = ("whole", "slide", "multiscale")
@@ -409,19 +410,6 @@ def prepare_image(
     return tensor, box
 
 
-def voc_palette(num_classes: int) -> np.ndarray:
-    """The Pascal VOC colour map (class bits interleaved into R, G, B) for ``num_classes``."""
-    pal = np.zeros((num_classes, 3), dtype=np.uint8)
-    for i in range(num_classes):
-        c, rgb = i, [0, 0, 0]
-        for j in range(8):
-            for ch in range(3):
-                rgb[ch] |= ((c >> ch) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = rgb
-    return pal
-
-
 def palette_and_classes(
     cfg: Any, metadata: Mapping[str, Any] | None = None
 ) -> tuple[np.ndarray, list[str] | None]:
@@ -445,7 +433,7 @@ def palette_and_classes(
         ds = build_dataset(cfg, "val")
         palette, classes = np.asarray(ds.palette, dtype=np.uint8), list(ds.classes)
     except Exception:
-        return voc_palette(k), None
+        return voc_colormap(k), None
     if len(palette) != k:
-        return voc_palette(k), None
+        return voc_colormap(k), None
     return palette, classes

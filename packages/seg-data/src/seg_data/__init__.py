@@ -24,6 +24,7 @@ from .datasets import (
     register_dataset,
     train_id_to_label_id,
 )
+from .datasets._palette import voc_colormap
 from .doctor import CheckReport, check_dataset
 from .transforms import (
     IMAGENET_MEAN,
@@ -65,4 +66,5 @@ __all__ = [
     "register_transform",
     "seed_worker",
     "train_id_to_label_id",
+    "voc_colormap",
 ]
