@@ -45,7 +45,7 @@ class TinyBackbone(nn.Module):
 
 if "reliability_tiny" not in list_backbones():
 
-    @register_backbone
+    @register_backbone("reliability_tiny")
     def reliability_tiny(*, output_stride: int = 8) -> TinyBackbone:
         """The reliability suite's backbone (output stride 8 only)."""
         if output_stride != 8:

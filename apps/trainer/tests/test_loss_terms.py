@@ -197,7 +197,7 @@ class _WholeOutputs(torch.nn.Module):
 
 
 def test_takes_outputs_terms_get_the_whole_dict_and_parts_are_logged(monkeypatch):
-    monkeypatch.setitem(losses_mod._LOSSES, "whole_test", _WholeOutputs)
+    monkeypatch.setitem(losses_mod.LOSSES._items, "whole_test", _WholeOutputs)
     out, _ = batch(h=3, w=3)
     extra = torch.randn(2, 7)
     crit = SegmentationLoss(

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seg_backbones.registry import Registry
+
 from .config import ConfigError, LossConfig
 
 __all__ = [
@@ -135,24 +137,17 @@ def ohem_cross_entropy(
 # ----------------------------------------------------------------------------- the loss zoo
 
 LossFactory = Callable[..., nn.Module]
-_LOSSES: dict[str, LossFactory] = {}
+LOSSES: Registry[LossFactory] = Registry("loss")
 
 
 def register_loss(name: str) -> Callable[[LossFactory], LossFactory]:
     """Register a loss class (or factory) under ``name``; a duplicate name is an error."""
-
-    def decorator(cls: LossFactory) -> LossFactory:
-        if name in _LOSSES:
-            raise ValueError(f"loss {name!r} is already registered ({_LOSSES[name]!r})")
-        _LOSSES[name] = cls
-        return cls
-
-    return decorator
+    return LOSSES.register(name)
 
 
 def list_losses() -> list[str]:
     """Sorted names accepted by :func:`create_loss`."""
-    return sorted(_LOSSES)
+    return LOSSES.names()
 
 
 def create_loss(name: str, **options: Any) -> nn.Module:
@@ -161,10 +156,7 @@ def create_loss(name: str, **options: Any) -> nn.Module:
     ``logits``: N x K x H x W; ``target``: N x H x W integer labels (``ignore_index``
     excluded). Unknown names list the valid ones; unknown options list the loss's own.
     """
-    try:
-        factory = _LOSSES[name]
-    except KeyError:
-        raise KeyError(f"unknown loss {name!r}; valid names are {list_losses()}") from None
+    factory = LOSSES.get(name)
     params = inspect.signature(factory).parameters
     bad = sorted(set(options) - set(params))
     if bad:
@@ -581,10 +573,7 @@ class PidnetOhemCrossEntropyLoss(nn.Module):
 
 def loss_class(name: str) -> LossFactory:
     """The class (or factory) registered as ``name``."""
-    try:
-        return _LOSSES[name]
-    except KeyError:
-        raise KeyError(f"unknown loss {name!r}; valid names are {list_losses()}") from None
+    return LOSSES.get(name)
 
 
 def loss_options(name: str) -> list[str]:
@@ -702,7 +691,7 @@ class SegmentationLoss(nn.Module):
         if isinstance(spec, str):
             spec = {"name": spec}
         name = spec.get("name")
-        if name not in _LOSSES:
+        if name not in LOSSES:
             close = difflib.get_close_matches(str(name), list_losses(), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise error(where("name"), f"unknown loss {name!r}; {hint}valid: {list_losses()}")

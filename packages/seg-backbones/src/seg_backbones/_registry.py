@@ -1,4 +1,4 @@
-"""Backbone registry: a small dict of builder functions filled by a decorator.
+"""Backbone registry: a :class:`~seg_backbones.registry.Registry` of builder functions.
 
 ``create_backbone(name, **options)`` looks the name up here; names of the form
 ``timm:<model>`` are routed to :mod:`seg_backbones.timm_wrapper` instead.
@@ -8,29 +8,32 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from torch import nn
 
+from .registry import Registry
+
 __all__ = ["build_checked", "create_backbone", "list_backbones", "register_backbone"]
 
-_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry(
+    "backbone",
+    hint=" or 'timm:<model>' for any timm model (needs `pip install seg-backbones[timm]`)",
+)
 
-F = TypeVar("F", bound=Callable[..., nn.Module])
 
+def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a builder function under ``name``: ``@register_backbone("resnet50")``.
 
-def register_backbone(fn: F) -> F:
-    """Register ``fn`` under its ``__name__``; a duplicate name is an error."""
-    name = fn.__name__
-    if name in _BACKBONES:
-        raise ValueError(f"backbone {name!r} is already registered ({_BACKBONES[name]!r})")
-    _BACKBONES[name] = fn
-    return fn
+    The builder takes keyword-only options and returns a module with ``feature_info``; a
+    duplicate name is an error.
+    """
+    return BACKBONES.register(name)
 
 
 def list_backbones() -> list[str]:
     """Sorted names accepted by :func:`create_backbone` (``timm:<model>`` is also accepted)."""
-    return sorted(_BACKBONES)
+    return BACKBONES.names()
 
 
 def create_backbone(name: str, **kwargs: Any) -> nn.Module:
@@ -43,14 +46,7 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
         from .timm_wrapper import create_timm_backbone
 
         return create_timm_backbone(name[len("timm:") :], **kwargs)
-    try:
-        builder = _BACKBONES[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown backbone {name!r}; valid names are {list_backbones()} "
-            "or 'timm:<model>' for any timm model (needs `pip install seg-backbones[timm]`)"
-        ) from None
-    return builder(**kwargs)
+    return BACKBONES.get(name)(**kwargs)
 
 
 def build_checked(

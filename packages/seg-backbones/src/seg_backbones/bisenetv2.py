@@ -468,7 +468,7 @@ def check_options(name: str, kwargs: Mapping[str, Any], builder: Any) -> None:
         raise TypeError(f"{name}: unknown option(s) {unknown}; valid keyword options are {valid}")
 
 
-@register_backbone
+@register_backbone("bisenetv2")
 def bisenetv2(**kwargs: Any) -> BiSeNetV2:
     """BiSeNetV2 (mmseg ``bisenetv2_fcn``): BGA (128, stride 8) + semantic stages 16/32/64/128."""
     check_options("bisenetv2", kwargs, _create_bisenetv2)

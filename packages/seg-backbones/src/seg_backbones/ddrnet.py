@@ -449,7 +449,7 @@ def _create_ddrnet(
     )
 
 
-@register_backbone
+@register_backbone("ddrnet_23_slim")
 def ddrnet_23_slim(**kwargs: Any) -> DDRNet:
     """DDRNet-23-slim (mmseg ``ddrnet_23-slim_in1k-pre``): ``c=32``, outputs 64/128 at stride 8.
 
@@ -458,7 +458,7 @@ def ddrnet_23_slim(**kwargs: Any) -> DDRNet:
     return build_checked("ddrnet_23_slim", _create_ddrnet, kwargs)  # type: ignore[return-value]
 
 
-@register_backbone
+@register_backbone("ddrnet_23")
 def ddrnet_23(**kwargs: Any) -> DDRNet:
     """DDRNet-23 (mmseg ``ddrnet_23_in1k-pre``): ``c=64``, outputs 128/256 at stride 8."""
     return build_checked("ddrnet_23", _create_ddrnet, kwargs)  # type: ignore[return-value]

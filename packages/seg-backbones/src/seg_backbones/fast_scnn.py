@@ -322,7 +322,7 @@ def _create_fast_scnn(
     )
 
 
-@register_backbone
+@register_backbone("fast_scnn")
 def fast_scnn(**kwargs: Any) -> FastSCNN:
     """Fast-SCNN (mmseg ``fast_scnn``): stride-8 map (64), global (128, /32), fusion (128, /8)."""
     check_options("fast_scnn", kwargs, _create_fast_scnn)

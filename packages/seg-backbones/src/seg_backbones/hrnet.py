@@ -342,13 +342,13 @@ def _create_hrnet(
     )
 
 
-@register_backbone
+@register_backbone("hrnet_w18")
 def hrnet_w18(**kwargs: Any) -> HRNet:
     """HRNetV2-W18 (mmseg ``ocrnet_hr18``): branches 18/36/72/144 at strides 4/8/16/32."""
     return build_checked("hrnet_w18", _create_hrnet, kwargs)  # type: ignore[return-value]
 
 
-@register_backbone
+@register_backbone("hrnet_w48")
 def hrnet_w48(**kwargs: Any) -> HRNet:
     """HRNetV2-W48 (mmseg ``ocrnet_hr48``): branches 48/96/192/384 at strides 4/8/16/32."""
     return build_checked("hrnet_w48", _create_hrnet, kwargs)  # type: ignore[return-value]

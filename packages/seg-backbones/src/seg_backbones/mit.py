@@ -579,37 +579,37 @@ def _build(name: str, kwargs: dict[str, Any]) -> MixVisionTransformer:
     return _create_mit(name, **kwargs)
 
 
-@register_backbone
+@register_backbone("mit_b0")
 def mit_b0(**kwargs: Any) -> MixVisionTransformer:
     """MiT-B0: dims (32, 64, 160, 256), depths (2, 2, 2, 2); 3.3M parameters."""
     return _build("mit_b0", kwargs)
 
 
-@register_backbone
+@register_backbone("mit_b1")
 def mit_b1(**kwargs: Any) -> MixVisionTransformer:
     """MiT-B1: dims (64, 128, 320, 512), depths (2, 2, 2, 2); 13.2M parameters."""
     return _build("mit_b1", kwargs)
 
 
-@register_backbone
+@register_backbone("mit_b2")
 def mit_b2(**kwargs: Any) -> MixVisionTransformer:
     """MiT-B2: dims (64, 128, 320, 512), depths (3, 4, 6, 3); 24.2M parameters."""
     return _build("mit_b2", kwargs)
 
 
-@register_backbone
+@register_backbone("mit_b3")
 def mit_b3(**kwargs: Any) -> MixVisionTransformer:
     """MiT-B3: dims (64, 128, 320, 512), depths (3, 4, 18, 3); 44.1M parameters."""
     return _build("mit_b3", kwargs)
 
 
-@register_backbone
+@register_backbone("mit_b4")
 def mit_b4(**kwargs: Any) -> MixVisionTransformer:
     """MiT-B4: dims (64, 128, 320, 512), depths (3, 8, 27, 3); 60.8M parameters."""
     return _build("mit_b4", kwargs)
 
 
-@register_backbone
+@register_backbone("mit_b5")
 def mit_b5(**kwargs: Any) -> MixVisionTransformer:
     """MiT-B5: dims (64, 128, 320, 512), depths (3, 6, 40, 3); 81.4M parameters."""
     return _build("mit_b5", kwargs)

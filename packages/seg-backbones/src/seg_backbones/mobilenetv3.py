@@ -502,13 +502,13 @@ def _create(
     )
 
 
-@register_backbone
+@register_backbone("mobilenet_v3_large")
 def mobilenet_v3_large(**kwargs: Any) -> MobileNetV3:
     """MobileNetV3-Large: levels 16/24/40/960 at strides 2/4/8/OS (torchvision, mmseg ``large``)."""
     return build_checked("mobilenet_v3_large", _create, kwargs)  # type: ignore[return-value]
 
 
-@register_backbone
+@register_backbone("mobilenet_v3_small")
 def mobilenet_v3_small(**kwargs: Any) -> MobileNetV3:
     """MobileNetV3-Small: levels 16/16/24/576 at strides 2/4/8/OS (torchvision, mmseg ``small``)."""
     return build_checked("mobilenet_v3_small", _create, kwargs)  # type: ignore[return-value]

@@ -282,7 +282,7 @@ def _create_pidnet(
     return net
 
 
-@register_backbone
+@register_backbone("pidnet_s")
 def pidnet_s(**kwargs: Any) -> PIDNet:
     """PIDNet-S (mmseg ``pidnet-s``): ``c=32``; outputs P 64, D 64, fused 128 at stride 8.
 
@@ -291,13 +291,13 @@ def pidnet_s(**kwargs: Any) -> PIDNet:
     return build_checked("pidnet_s", _create_pidnet, kwargs)  # type: ignore[return-value]
 
 
-@register_backbone
+@register_backbone("pidnet_m")
 def pidnet_m(**kwargs: Any) -> PIDNet:
     """PIDNet-M (mmseg ``pidnet-m``): ``c=64``; outputs P 128, D 128, fused 256 at stride 8."""
     return build_checked("pidnet_m", _create_pidnet, kwargs)  # type: ignore[return-value]
 
 
-@register_backbone
+@register_backbone("pidnet_l")
 def pidnet_l(**kwargs: Any) -> PIDNet:
     """PIDNet-L (mmseg ``pidnet-l``): ``c=64``, DAPPM and Bag; outputs 128, 128, 256 at stride 8."""
     return build_checked("pidnet_l", _create_pidnet, kwargs)  # type: ignore[return-value]

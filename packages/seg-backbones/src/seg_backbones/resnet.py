@@ -425,79 +425,79 @@ _OPTIONS = frozenset(
 )
 
 
-@register_backbone
+@register_backbone("resnet18")
 def resnet18(**kwargs: Any) -> ResNet:
     """torchvision ResNet-18 (7x7 stem)."""
     return _build(18, "torchvision", kwargs)
 
 
-@register_backbone
+@register_backbone("resnet34")
 def resnet34(**kwargs: Any) -> ResNet:
     """torchvision ResNet-34 (7x7 stem)."""
     return _build(34, "torchvision", kwargs)
 
 
-@register_backbone
+@register_backbone("resnet50")
 def resnet50(**kwargs: Any) -> ResNet:
     """torchvision ResNet-50 (7x7 stem)."""
     return _build(50, "torchvision", kwargs)
 
 
-@register_backbone
+@register_backbone("resnet101")
 def resnet101(**kwargs: Any) -> ResNet:
     """torchvision ResNet-101 (7x7 stem)."""
     return _build(101, "torchvision", kwargs)
 
 
-@register_backbone
+@register_backbone("resnet152")
 def resnet152(**kwargs: Any) -> ResNet:
     """torchvision ResNet-152 (7x7 stem)."""
     return _build(152, "torchvision", kwargs)
 
 
-@register_backbone
+@register_backbone("resnet18_v1c")
 def resnet18_v1c(**kwargs: Any) -> ResNet:
     """mmseg ResNetV1c-18 (deep stem 32-32-64)."""
     return _build(18, "v1c", kwargs)
 
 
-@register_backbone
+@register_backbone("resnet34_v1c")
 def resnet34_v1c(**kwargs: Any) -> ResNet:
     """mmseg ResNetV1c-34 (deep stem 32-32-64)."""
     return _build(34, "v1c", kwargs)
 
 
-@register_backbone
+@register_backbone("resnet50_v1c")
 def resnet50_v1c(**kwargs: Any) -> ResNet:
     """mmseg ResNetV1c-50 (deep stem 32-32-64)."""
     return _build(50, "v1c", kwargs)
 
 
-@register_backbone
+@register_backbone("resnet101_v1c")
 def resnet101_v1c(**kwargs: Any) -> ResNet:
     """mmseg ResNetV1c-101 (deep stem 32-32-64)."""
     return _build(101, "v1c", kwargs)
 
 
-@register_backbone
+@register_backbone("resnet18_deep")
 def resnet18_deep(**kwargs: Any) -> ResNet:
     """3x3-Res ResNet-18 (CSAIL/PKUSeg deep stem 64-64-128)."""
     return _build(18, "deep", kwargs)
 
 
-@register_backbone
+@register_backbone("resnet34_deep")
 def resnet34_deep(**kwargs: Any) -> ResNet:
     """3x3-Res ResNet-34 (CSAIL/PKUSeg deep stem 64-64-128)."""
     return _build(34, "deep", kwargs)
 
 
-@register_backbone
+@register_backbone("resnet50_deep")
 def resnet50_deep(**kwargs: Any) -> ResNet:
     """3x3-Res ResNet-50 (CSAIL/PKUSeg deep stem 64-64-128)."""
     return _build(50, "deep", kwargs)
 
 
-@register_backbone
+@register_backbone("resnet101_deep")
 def resnet101_deep(**kwargs: Any) -> ResNet:
     """3x3-Res ResNet-101 (CSAIL/PKUSeg deep stem 64-64-128)."""
     return _build(101, "deep", kwargs)

@@ -292,7 +292,7 @@ def _create_stdc(
     )
 
 
-@register_backbone
+@register_backbone("stdc1")
 def stdc1(**kwargs: Any) -> STDCContextPathNet:
     """STDC1 + context path (mmseg ``stdc1``): STDC (256, /8), context (128, /16; 128, /8),
     fusion (256, /8)."""
@@ -300,7 +300,7 @@ def stdc1(**kwargs: Any) -> STDCContextPathNet:
     return _create_stdc("stdc1", **kwargs)
 
 
-@register_backbone
+@register_backbone("stdc2")
 def stdc2(**kwargs: Any) -> STDCContextPathNet:
     """STDC2 + context path (mmseg ``stdc2``): as :func:`stdc1` with 4/5/3 STDC modules."""
     check_options("stdc2", kwargs, _create_stdc)

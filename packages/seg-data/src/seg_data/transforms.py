@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .registry import Registry
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -73,20 +75,18 @@ class Transform(Protocol):
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample: ...
 
 
-_TRANSFORMS: dict[str, type] = {}
+TRANSFORMS: Registry[type] = Registry("transform")
 
 
-def register_transform(cls: type) -> type:
-    """Class decorator adding a transform to the registry under its class name."""
-    if cls.__name__ in _TRANSFORMS:
-        raise ValueError(f"transform {cls.__name__!r} is already registered")
-    _TRANSFORMS[cls.__name__] = cls
-    return cls
+def register_transform(name: str) -> Callable[[type], type]:
+    """Class decorator adding a transform under ``name`` (by convention its class name):
+    ``@register_transform("RandomFlip")``; a duplicate name is an error."""
+    return TRANSFORMS.register(name)
 
 
 def list_transforms() -> list[str]:
     """Names accepted by :func:`build_transforms`, sorted."""
-    return sorted(_TRANSFORMS)
+    return TRANSFORMS.names()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -195,7 +195,7 @@ def _resize_sample(
 # --------------------------------------------------------------------------- geometry
 
 
-@register_transform
+@register_transform("RandomResize")
 class RandomResize:
     """Resize by a random ratio, keeping the aspect ratio (mmseg ``RandomResize``).
 
@@ -236,7 +236,7 @@ class RandomResize:
         return f"RandomResize(scale={self.scale}, ratio_range={self.ratio_range})"
 
 
-@register_transform
+@register_transform("Resize")
 class Resize:
     """Deterministic resize, to an exact ``size`` or keep-ratio into ``scale`` (evaluation).
 
@@ -275,7 +275,7 @@ class Resize:
         return f"Resize({what}, resize_label={self.resize_label})"
 
 
-@register_transform
+@register_transform("ResizeShortSide")
 class ResizeShortSide:
     """Resize so the short side is ``size`` (keeping the ratio), long side capped at ``max_size``.
 
@@ -316,7 +316,7 @@ class ResizeShortSide:
         return f"ResizeShortSide(size={self.size}, max_size={self.max_size})"
 
 
-@register_transform
+@register_transform("RandomCrop")
 class RandomCrop:
     """Random crop of at most ``size`` (mmseg ``RandomCrop``), with ``cat_max_ratio``.
 
@@ -384,7 +384,7 @@ class RandomCrop:
         return f"RandomCrop(size={self.size}, cat_max_ratio={self.cat_max_ratio})"
 
 
-@register_transform
+@register_transform("RandomFlip")
 class RandomFlip:
     """Flip image and label together with probability ``prob``.
 
@@ -415,7 +415,7 @@ class RandomFlip:
         return f"RandomFlip(prob={self.prob}, direction={self.direction!r})"
 
 
-@register_transform
+@register_transform("Pad")
 class Pad:
     """Pad bottom and right to at least ``size`` and/or to a multiple of ``size_divisor``.
 
@@ -511,7 +511,7 @@ def _convert(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray
     return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
 
-@register_transform
+@register_transform("PhotoMetricDistortion")
 class PhotoMetricDistortion:
     """mmsegmentation's ``PhotoMetricDistortion`` on a ``uint8`` RGB image.
 
@@ -575,7 +575,7 @@ class PhotoMetricDistortion:
         )
 
 
-@register_transform
+@register_transform("Normalize")
 class Normalize:
     """``(image - mean) / std`` to ``float32``, optionally reordering RGB to BGR first.
 
@@ -654,11 +654,9 @@ def _build_one(i: int, item: Any) -> Transform:
             f"got {item!r}"
         )
     ((name, params),) = item.items()
-    if name not in _TRANSFORMS:
-        raise KeyError(
-            f"unknown transform {name!r} (#{i}); valid names: {', '.join(list_transforms())}"
-        )
-    cls = _TRANSFORMS[name]
+    if name not in TRANSFORMS:
+        raise KeyError(f"unknown transform {name!r} (#{i}); valid names are {list_transforms()}")
+    cls = TRANSFORMS.get(name)
     params = {} if params is None else params
     if not isinstance(params, Mapping):
         raise ValueError(f"transform #{i} {name}: parameters must be a mapping, got {params!r}")

@@ -1,4 +1,4 @@
-"""Head registry: a dict of decode-head builders filled by a decorator.
+"""Head registry: a :class:`~seg_backbones.registry.Registry` of decode-head builders.
 
 Each head file registers one builder per model name::
 
@@ -26,6 +26,8 @@ from typing import Any
 
 from torch import nn
 
+from seg_backbones.registry import Registry
+
 __all__ = [
     "default_output_stride",
     "get_head_builder",
@@ -36,9 +38,7 @@ __all__ = [
 
 HeadBuilder = Callable[..., nn.Module]
 
-_HEADS: dict[str, HeadBuilder] = {}
-_OUTPUT_STRIDES: dict[str, int] = {}
-_TINY: dict[str, dict[str, Any]] = {}
+HEADS: Registry[HeadBuilder] = Registry("model")
 
 _DEFAULT_TINY: dict[str, Any] = {
     "backbone": "resnet18_deep",
@@ -63,37 +63,25 @@ def register_head(
     16-channel head, an auxiliary head). A model with its own backbone family names it here.
     """
 
-    def decorator(fn: HeadBuilder) -> HeadBuilder:
-        if name in _HEADS:
-            raise ValueError(f"model {name!r} is already registered ({_HEADS[name]!r})")
-        _HEADS[name] = fn
-        _OUTPUT_STRIDES[name] = output_stride
-        _TINY[name] = copy.deepcopy(dict(_DEFAULT_TINY if tiny is None else tiny))
-        return fn
-
-    return decorator
+    tiny = copy.deepcopy(dict(_DEFAULT_TINY if tiny is None else tiny))
+    return HEADS.register(name, output_stride=output_stride, tiny=tiny)
 
 
 def tiny_config(name: str) -> dict[str, Any]:
     """``create_model(name, num_classes=K, **tiny_config(name))`` builds a small test model."""
-    get_head_builder(name)
-    return copy.deepcopy(_TINY[name])
+    return copy.deepcopy(HEADS.meta(name)["tiny"])
 
 
 def default_output_stride(name: str) -> int:
     """The output stride ``create_model(name, ...)`` uses when none is given."""
-    get_head_builder(name)
-    return _OUTPUT_STRIDES[name]
+    return HEADS.meta(name)["output_stride"]
 
 
 def list_models() -> list[str]:
     """Sorted model names accepted by :func:`seg_heads.create_model`."""
-    return sorted(_HEADS)
+    return HEADS.names()
 
 
 def get_head_builder(name: str) -> HeadBuilder:
     """The decode-head builder registered as ``name``; unknown names list the valid ones."""
-    try:
-        return _HEADS[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; valid names are {list_models()}") from None
+    return HEADS.get(name)

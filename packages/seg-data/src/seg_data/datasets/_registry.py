@@ -1,28 +1,31 @@
-"""The dataset registry: a name -> class dict, a decorator and ``create_dataset``."""
+"""The dataset registry: a :class:`~seg_data.registry.Registry` of dataset classes."""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..registry import Registry
 from .base import SegmentationDataset
 
 __all__ = ["create_dataset", "list_datasets", "register_dataset"]
 
-_DATASETS: dict[str, type[SegmentationDataset]] = {}
+DATASETS: Registry[type[SegmentationDataset]] = Registry("dataset")
 # Arguments create_dataset passes itself; everything else is a dataset option.
 _COMMON = ("root", "split", "transforms", "seed")
 
 
-def register_dataset(name: str):
-    """Class decorator registering a dataset under ``name``."""
+def register_dataset(
+    name: str,
+) -> Callable[[type[SegmentationDataset]], type[SegmentationDataset]]:
+    """Class decorator registering a dataset under ``name`` (also set as ``cls.name``)."""
+    register = DATASETS.register(name)
 
     def deco(cls: type[SegmentationDataset]) -> type[SegmentationDataset]:
-        if name in _DATASETS:
-            raise ValueError(f"dataset {name!r} is already registered")
+        register(cls)
         cls.name = name
-        _DATASETS[name] = cls
         return cls
 
     return deco
@@ -30,7 +33,7 @@ def register_dataset(name: str):
 
 def list_datasets() -> list[str]:
     """Registered dataset names, sorted."""
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def _options_of(name: str) -> dict[str, Any]:
@@ -50,9 +53,7 @@ def dataset_options(name: str) -> dict[str, Any]:
 
 
 def _get(name: str) -> type[SegmentationDataset]:
-    if name not in _DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
-    return _DATASETS[name]
+    return DATASETS.get(name)
 
 
 def create_dataset(
