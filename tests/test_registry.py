@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+
 import seg_backbones.registry as backbone_registry
 import seg_data.registry as data_registry
 from seg_backbones import _registry as backbones
