@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from seg_trainer.backends import BACKENDS
 from seg_trainer.errors import EvaluationFailed, report_errors
-from seg_trainer.inference import MODES, predict_logits
+from seg_trainer.inference import MODES, inference_spec, predict_logits
 from seg_trainer.visualize import colorize
 
 __all__ = [
@@ -529,18 +529,13 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> dict[str, An
     out_dir = Path(cfg.output_dir)
     tag = "" if backend == "torch" else f"_{backend}"  # never overwrite PyTorch's results
     save_dir = out_dir / f"predictions_{split}{tag}" if ev.save_predictions else None
+    spec = inference_spec(cfg)
     result = evaluate(
         model,
         loader,
         accelerator,
-        num_classes=cfg.model.num_classes,
         ignore_index=getattr(dataset, "ignore_index", cfg.loss.ignore_index),
-        mode=ev.mode,
-        crop_size=ev.crop_size,
-        stride=ev.stride,
-        scales=ev.scales if ev.mode == "multiscale" else (1.0,),
-        flip=ev.flip,
-        align_corners=cfg.model.align_corners,
+        **spec,
         class_names=getattr(dataset, "classes", None),
         save_dir=save_dir,
         palette=getattr(dataset, "palette", None),
@@ -557,11 +552,9 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> dict[str, An
         "num_images": len(dataset),  # type: ignore[arg-type]
         "num_processes": accelerator.num_processes,
         "evaluation": {
-            "mode": ev.mode,
-            "crop_size": ev.crop_size,
-            "stride": ev.stride,
-            "scales": ev.scales if ev.mode == "multiscale" else [1.0],
-            "flip": ev.flip,
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in spec.items()
+            if k in ("mode", "crop_size", "stride", "scales", "flip")
         },
         "metrics": _jsonable(result.to_dict(getattr(dataset, "classes", None), confusion=True)),
     }

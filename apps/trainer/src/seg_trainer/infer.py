@@ -62,6 +62,7 @@ from seg_trainer.backends import BACKENDS
 from seg_trainer.errors import EXIT_DATA, report_errors
 from seg_trainer.inference import (
     MODES,
+    inference_spec,
     palette_and_classes,
     predict_logits,
     prepare_image,
@@ -200,17 +201,7 @@ def predict_mask(
             model, x, crop_size=ev.crop_size, stride=ev.stride, num_classes=cfg.model.num_classes
         )[0, y1:y2, x1:x2]
     else:
-        logits = predict_logits(
-            model,
-            x,
-            mode=ev.mode,
-            crop_size=ev.crop_size,
-            stride=ev.stride,
-            scales=tuple(ev.scales),
-            flip=ev.flip,
-            num_classes=cfg.model.num_classes,
-            align_corners=cfg.model.align_corners,
-        )[:, :, y1:y2, x1:x2]
+        logits = predict_logits(model, x, **inference_spec(cfg))[:, :, y1:y2, x1:x2]
         del x
         labels = resize_labels(logits, size, align_corners=cfg.model.align_corners)[0]
     return labels.cpu().numpy().astype(np.uint8)

@@ -61,6 +61,7 @@ from seg_data import voc_colormap
 
 __all__ = [
     "MODES",
+    "inference_spec",
     "palette_and_classes",
     "predict_logits",
     "prepare_image",
@@ -278,6 +279,25 @@ def resize_labels(
 
 
 @torch.no_grad()
+def inference_spec(cfg: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`predict_logits` that a config's ``evaluation`` and
+    ``model`` sections define: the one place every caller (training's val passes and
+    pictures, ``seg-eval``, ``seg-infer``, the runtimes) reads them from.
+
+    ``scales`` is ``(1.0,)`` unless ``mode`` is ``"multiscale"`` (the other modes ignore it).
+    """
+    ev = cfg.evaluation
+    return {
+        "mode": ev.mode,
+        "crop_size": ev.crop_size,
+        "stride": ev.stride,
+        "scales": tuple(ev.scales) if ev.mode == "multiscale" else (1.0,),
+        "flip": ev.flip,
+        "num_classes": cfg.model.num_classes,
+        "align_corners": cfg.model.align_corners,
+    }
+
+
 def predict_logits(
     model: nn.Module,
     images: Tensor,

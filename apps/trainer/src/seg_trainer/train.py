@@ -1131,21 +1131,15 @@ def _evaluate(run: Run, state: TrainState, save_dir: Path | None = None) -> dict
 def _evaluate_model(run: Run, model: nn.Module, save_dir: Path | None) -> dict[str, Any]:
     """The metrics of ``model`` (the training model or the EMA) on the val set, sharded."""
     from .evaluate import evaluate
+    from .inference import inference_spec
 
     cfg, acc = run.cfg, run.accelerator
-    ev = cfg.evaluation
     result = evaluate(
         model,
         run.val_loader,
         acc,
-        num_classes=cfg.model.num_classes,
         ignore_index=cfg.loss.ignore_index,
-        mode=ev.mode,
-        crop_size=ev.crop_size,
-        stride=ev.stride,
-        scales=tuple(ev.scales),
-        flip=ev.flip,
-        align_corners=cfg.model.align_corners,
+        **inference_spec(cfg),
         class_names=run.class_names,
         palette=getattr(run.val_set, "palette", None),
         progress=cfg.logging.progress_bar,
@@ -1343,7 +1337,7 @@ def _save_pictures(
     cfg: Config, model: nn.Module, val_set: Any, device: torch.device
 ) -> dict[str, Path]:
     """Prediction grid of the first val images and training curves (main process)."""
-    from .inference import predict_logits
+    from .inference import inference_spec, predict_logits
     from .visualize import save_prediction_grid, save_training_curves
 
     out_dir = Path(cfg.output_dir)
@@ -1357,7 +1351,7 @@ def _save_pictures(
     was_training = model.training
     model.eval()
     images, labels, preds = [], [], []
-    ev = cfg.evaluation
+    spec = inference_spec(cfg)
     with torch.no_grad():
         for i in range(n):
             sample = val_set[i]
@@ -1365,14 +1359,8 @@ def _save_pictures(
             logits = predict_logits(
                 model,
                 sample["image"][None].to(device),
-                mode=ev.mode,
-                crop_size=ev.crop_size,
-                stride=ev.stride,
-                scales=tuple(ev.scales),
-                flip=ev.flip,
-                num_classes=cfg.model.num_classes,
-                align_corners=cfg.model.align_corners,
                 out_size=tuple(label.shape[-2:]),
+                **spec,
             )
             images.append(_denormalize(sample["image"], norm))
             labels.append(label.cpu().numpy())
