@@ -8,6 +8,12 @@ caller pastes them into docs/results.md) and two PNGs into docs/:
 ``camvid_predictions.png`` (a few test images: image | ground truth | each model).
 
     python tests/benchmarks/camvid_report.py [CAMVID_ROOT] [--pauses SECONDS_PER_RUN_JSON]
+        [--pause-log FILE] [--runs CONFIG ...] [--tag NAME]
+
+``--runs`` picks the configs of one benchmark run (default: the issue-8 five); ``--tag`` names
+the pictures ``camvid_<tag>_curves.png`` / ``camvid_<tag>_predictions.png``; ``--pause-log``
+reads ``stop <unix time> camvid/<config>.yaml`` / ``cont ...`` lines (SIGSTOP pauses taken to
+keep other measurements off the CPU) and takes each pause out of the run it fell in.
 """
 
 from __future__ import annotations
@@ -55,9 +61,14 @@ def main() -> None:
         help='JSON {"config": [seconds paused during iterations, seconds paused in all]}: runs '
         "that were SIGSTOPped to keep other measurements clean",
     )
+    p.add_argument("--pause-log", help="stop/cont lines of SIGSTOP pauses (see the docstring)")
+    p.add_argument("--runs", nargs="+", default=ORDER, help="config names, in table order")
+    p.add_argument("--tag", default="", help="picture name tag: camvid_<tag>_curves.png")
     args = p.parse_args()
     pauses = {k: tuple(v) for k, v in json.loads(args.pauses).items()}
-    runs = [RUNS / n for n in ORDER if (RUNS / n / "eval_test_whole.json").exists()]
+    runs = [RUNS / n for n in args.runs if (RUNS / n / "eval_test_whole.json").exists()]
+    if args.pause_log:
+        pauses.update(_pauses_from_log(Path(args.pause_log), runs))
     if not runs:
         raise SystemExit(f"no finished runs under {RUNS}")
 
@@ -94,6 +105,7 @@ def main() -> None:
                 "train_s": t_iter,
                 "wall_s": wall_train,
                 "img_s": iters * batch / t_iter,
+                "paused_s": wall_pause,
                 "rss": rss_train,
                 "test_s": wall_test,
             }
@@ -101,14 +113,14 @@ def main() -> None:
         per_class.append(test["per_class"]["iou"])
 
     print(
-        "| model | backbone | test mIoU | test aAcc | val mIoU (best, at iter) | iterations | train loop time | images/s | run wall time | peak RSS | test eval time |"
+        "| model | backbone | test mIoU | test aAcc | val mIoU (best, at iter) | iterations | train loop time | images/s | run wall time | paused | peak RSS | test eval time |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['model']} | {r['backbone']} | **{100 * r['test_miou']:.2f}** | {100 * r['test_aacc']:.2f} | "
             f"{100 * r['val_miou']:.2f} ({r['val_iter']}) | {r['iters']} | {r['train_s'] / 60:.1f} min | {r['img_s']:.2f} | "
-            f"{r['wall_s'] / 60:.1f} min | {r['rss'] / 1024:.1f} GiB | {r['test_s'] / 60:.1f} min |"
+            f"{r['wall_s'] / 60:.1f} min | {r['paused_s']:.0f} s | {r['rss'] / 1024:.1f} GiB | {r['test_s'] / 60:.1f} min |"
         )
     print()
     print("| class | " + " | ".join(r["model"].replace("torchvision:", "tv:") for r in rows) + " |")
@@ -117,8 +129,33 @@ def main() -> None:
         vals = [100 * pc[k] if pc[k] is not None else float("nan") for pc in per_class]
         print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
 
-    _curves(runs, {k: v[0] for k, v in pauses.items()})
-    _predictions(runs, Path(args.root))
+    tag = f"_{args.tag}" if args.tag else ""
+    _curves(runs, {k: v[0] for k, v in pauses.items()}, ROOT / "docs" / f"camvid{tag}_curves.png")
+    _predictions(runs, Path(args.root), ROOT / "docs" / f"camvid{tag}_predictions.png")
+
+
+def _pauses_from_log(path: Path, runs: list[Path]) -> dict[str, tuple[float, float]]:
+    """``{config: (seconds paused in its training, the same)}`` from stop/cont lines.
+
+    A pause is charged to the run whose training window (its log's first to last record)
+    it overlaps; pauses during its test evaluation are in the test time and not taken out.
+    """
+    events = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    spans, start = [], None
+    for kind, stamp, *_ in events:
+        if kind == "stop" and start is None:
+            start = float(stamp)
+        elif kind == "cont" and start is not None:
+            spans.append((start, float(stamp)))
+            start = None
+    out: dict[str, tuple[float, float]] = {}
+    for run in runs:
+        log = _log(run)
+        lo, hi = log[0]["time"], log[-1]["time"]
+        secs = sum(max(0.0, min(b, hi) - max(a, lo)) for a, b in spans)
+        if secs:
+            out[run.name] = (secs, secs)
+    return out
 
 
 def _interval_seconds(train: list[dict], pause: float) -> np.ndarray:
@@ -132,7 +169,7 @@ def _interval_seconds(train: list[dict], pause: float) -> np.ndarray:
     return secs
 
 
-def _curves(runs: list[Path], loop_pauses: dict[str, float]) -> None:
+def _curves(runs: list[Path], loop_pauses: dict[str, float], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,10 +195,12 @@ def _curves(runs: list[Path], loop_pauses: dict[str, float]) -> None:
         a.grid(alpha=0.3)
     ax[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "camvid_curves.png", dpi=80)
+    fig.savefig(path, dpi=80)
 
 
-def _predictions(runs: list[Path], root: Path, indices: tuple[int, ...] = (0, 80, 200)) -> None:
+def _predictions(
+    runs: list[Path], root: Path, path: Path, indices: tuple[int, ...] = (0, 80, 200)
+) -> None:
     from PIL import Image
 
     from seg_data import colorize, create_dataset
@@ -198,10 +237,9 @@ def _predictions(runs: list[Path], root: Path, indices: tuple[int, ...] = (0, 80
     grid = np.concatenate(tiles, axis=0)
     im = Image.fromarray(grid)
     im = im.resize((im.width // 2, im.height // 2), Image.Resampling.BILINEAR)
-    im.save(ROOT / "docs" / "camvid_predictions.png", optimize=True)
+    im.save(path, optimize=True)
     print(
-        "\ncolumns of docs/camvid_predictions.png: image | ground truth | "
-        + " | ".join(r.name for r in runs)
+        f"\ncolumns of docs/{path.name}: image | ground truth | " + " | ".join(r.name for r in runs)
     )
 
 
