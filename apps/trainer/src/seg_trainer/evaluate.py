@@ -498,7 +498,7 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> dict[str, An
     from accelerate import Accelerator
 
     from seg_trainer.backends import load_inference_model, stored_config
-    from seg_trainer.build import build_dataset
+    from seg_trainer.build import build_dataloader, build_dataset
     from seg_trainer.rundir import atomic_write_text
 
     args = _parser().parse_args(argv) if not isinstance(argv, argparse.Namespace) else argv
@@ -519,13 +519,8 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> dict[str, An
     dataset = build_dataset(cfg, split)
     check_classes(cfg, dataset, split)
     ev = cfg.evaluation
-    loader = DataLoader(
-        dataset,
-        batch_size=ev.batch_size,
-        shuffle=False,
-        num_workers=cfg.data.num_workers,
-        collate_fn=_collate(),
-    )
+    # training's evaluation loader (evaluate() re-shards it over the processes)
+    loader = build_dataloader(dataset, cfg, train=False)
     out_dir = Path(cfg.output_dir)
     tag = "" if backend == "torch" else f"_{backend}"  # never overwrite PyTorch's results
     save_dir = out_dir / f"predictions_{split}{tag}" if ev.save_predictions else None
@@ -566,12 +561,6 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> dict[str, An
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
-
-
-def _collate() -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
-    from seg_data import collate
-
-    return collate
 
 
 def _jsonable(value: Any) -> Any:
