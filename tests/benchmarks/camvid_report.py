@@ -82,7 +82,8 @@ def main() -> None:
         test = json.loads((run / "eval_test_whole.json").read_text())["metrics"]
         names = test["class_names"]
         wall_train, rss_train = _time_v(run / "time_train.txt")
-        loop_pause, wall_pause = pauses.get(cfg, (0.0, 0.0))
+        loop_pause, wall_pause, *spans = pauses.get(cfg, (0.0, 0.0))
+        spans = spans[0] if spans else []
         wall_train -= wall_pause
         wall_test, _ = _time_v(run / "time_test.txt")
         iters = train[-1]["iter"]
@@ -90,7 +91,7 @@ def main() -> None:
         c = yaml.safe_load((run / "config.yaml").read_text())
         batch = c["data"]["batch_size"]
         # training time proper: time_per_iter is the mean over each log interval
-        t_iter = float(_interval_seconds(train, loop_pause).sum())
+        t_iter = float(_interval_seconds(train, loop_pause, spans, log[0]["time"]).sum())
         rows.append(
             {
                 "config": cfg,
@@ -130,46 +131,64 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
 
     tag = f"_{args.tag}" if args.tag else ""
-    _curves(runs, {k: v[0] for k, v in pauses.items()}, ROOT / "docs" / f"camvid{tag}_curves.png")
+    _curves(runs, pauses, ROOT / "docs" / f"camvid{tag}_curves.png")
     _predictions(runs, Path(args.root), ROOT / "docs" / f"camvid{tag}_predictions.png")
 
 
-def _pauses_from_log(path: Path, runs: list[Path]) -> dict[str, tuple[float, float]]:
-    """``{config: (seconds paused in its training, the same)}`` from stop/cont lines.
+def _pauses_from_log(path: Path, runs: list[Path]) -> dict[str, tuple]:
+    """``{config: (seconds paused inside its training loop, seconds paused in all, spans)}``.
 
-    A pause is charged to the run whose training window (its log's first to last record)
-    it overlaps; pauses during its test evaluation are in the test time and not taken out.
+    Each ``stop``/``cont`` pair names the config whose process it paused; the part of a pause
+    inside the run's training loop (its log's first to last record) is taken out of the loop
+    time, the whole pause out of the run's wall time. Only training runs may be paused: a
+    pause of the test evaluation would stay in its time.
     """
-    events = [line.split() for line in path.read_text().splitlines() if line.strip()]
-    spans, start = [], None
-    for kind, stamp, *_ in events:
+    spans: dict[str, list[tuple[float, float]]] = {}
+    start: tuple[float, str] | None = None
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        kind, stamp, *rest = line.split()
+        cfg = Path(rest[0]).stem if rest else ""
         if kind == "stop" and start is None:
-            start = float(stamp)
+            start = (float(stamp), cfg)
         elif kind == "cont" and start is not None:
-            spans.append((start, float(stamp)))
+            spans.setdefault(start[1], []).append((start[0], float(stamp)))
             start = None
-    out: dict[str, tuple[float, float]] = {}
+    out: dict[str, tuple] = {}
     for run in runs:
+        if run.name not in spans:
+            continue
         log = _log(run)
         lo, hi = log[0]["time"], log[-1]["time"]
-        secs = sum(max(0.0, min(b, hi) - max(a, lo)) for a, b in spans)
-        if secs:
-            out[run.name] = (secs, secs)
+        loop = sum(max(0.0, min(b, hi) - max(a, lo)) for a, b in spans[run.name])
+        out[run.name] = (loop, sum(b - a for a, b in spans[run.name]), spans[run.name])
     return out
 
 
-def _interval_seconds(train: list[dict], pause: float) -> np.ndarray:
-    """Seconds spent in each log interval, with a SIGSTOP pause taken out of the slow ones."""
+def _interval_seconds(
+    train: list[dict], pause: float, spans: list[tuple[float, float]] = (), start: float = 0.0
+) -> np.ndarray:
+    """Seconds spent in each log interval, SIGSTOP pauses taken out.
+
+    With ``spans`` (the pauses' wall-clock windows; ``start``: the log's first record) each
+    pause comes out of the intervals it overlaps; else ``pause`` seconds come out of the
+    intervals slower than the median, in proportion to their excess.
+    """
     n = np.diff([0] + [r["iter"] for r in train])
     tpi = np.array([r["time_per_iter"] for r in train])
     secs = tpi * n
-    if pause:
+    if spans:
+        ends = [r["time"] for r in train]
+        for i, (lo, hi) in enumerate(zip([start, *ends[:-1]], ends, strict=True)):
+            secs[i] -= sum(max(0.0, min(b, hi) - max(a, lo)) for a, b in spans)
+    elif pause:
         excess = np.clip(tpi - np.median(tpi), 0, None) * n
         secs = secs - pause * excess / excess.sum()
     return secs
 
 
-def _curves(runs: list[Path], loop_pauses: dict[str, float], path: Path) -> None:
+def _curves(runs: list[Path], pauses: dict[str, tuple], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,15 +200,20 @@ def _curves(runs: list[Path], loop_pauses: dict[str, float], path: Path) -> None
         train = [r for r in log if r["type"] == "train"]
         val = [r for r in log if r["type"] == "val"]
         it = [r["iter"] for r in train]
-        t = np.cumsum(_interval_seconds(train, loop_pauses.get(run.name, 0.0)))
+        loop_pause, _, *spans = pauses.get(run.name, (0.0, 0.0))
+        t = np.cumsum(
+            _interval_seconds(train, loop_pause, spans[0] if spans else [], log[0]["time"])
+        )
         label = run.name.replace("_camvid_288x288", "")
-        # the main head's loss: the total adds 0.4 x aux loss for the models with an aux head
-        loss = [r.get("loss_out", r["loss"]) for r in train]
+        # the main head's (first) loss term: the total adds the aux / boundary / detail terms
+        terms = [k for k in train[-1] if k.startswith("loss_out_")]
+        key = "loss_out" if "loss_out" in train[-1] else (terms[0] if terms else "loss")
+        loss = [r.get(key, r["loss"]) for r in train]
         ax[0].plot(it, loss, label=label)
         ax[1].plot(t / 60, loss, label=label)
         ax[2].plot([r["iter"] for r in val], [100 * r["mIoU"] for r in val], "o-", label=label)
-    ax[0].set(title="training loss (main head)", xlabel="iteration", xscale="log")
-    ax[1].set(title="training loss (main head)", xlabel="training time (min)")
+    ax[0].set(title="training loss (main head, first term)", xlabel="iteration", xscale="log")
+    ax[1].set(title="training loss (main head, first term)", xlabel="training time (min)")
     ax[2].set(title="val mIoU (%), half-way and end", xlabel="iteration", xscale="log")
     for a in ax:
         a.grid(alpha=0.3)
