@@ -206,8 +206,8 @@ def _curves(runs: list[Path], pauses: dict[str, tuple], path: Path) -> None:
         )
         label = run.name.replace("_camvid_288x288", "")
         # the main head's (first) loss term: the total adds the aux / boundary / detail terms
-        terms = [k for k in train[-1] if k.startswith("loss_out_")]
-        key = "loss_out" if "loss_out" in train[-1] else (terms[0] if terms else "loss")
+        first = yaml.safe_load((run / "config.yaml").read_text())["loss"]["out"][0]["name"]
+        key = next((k for k in ("loss_out", f"loss_out_{first}") if k in train[-1]), "loss")
         loss = [r.get(key, r["loss"]) for r in train]
         ax[0].plot(it, loss, label=label)
         ax[1].plot(t / 60, loss, label=label)
