@@ -23,6 +23,16 @@ REGISTRIES = {
 }
 
 
+def test_imagenet_statistics_agree_across_packages():
+    # seg_data (Normalize's default) and seg_heads (a model's input_norm) are siblings: the
+    # two spellings of the ImageNet statistics must not drift
+    import seg_data
+    from seg_heads import IMAGENET_RGB
+
+    assert list(seg_data.IMAGENET_MEAN) == IMAGENET_RGB["mean"]
+    assert list(seg_data.IMAGENET_STD) == IMAGENET_RGB["std"]
+
+
 def test_seg_data_keeps_an_identical_copy():
     # seg_data is a leaf package and cannot import seg_backbones: the copy must not drift
     assert inspect.getsource(data_registry) == inspect.getsource(backbone_registry)

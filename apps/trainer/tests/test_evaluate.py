@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from seg_data import collate, create_dataset
 from seg_metrics import ConfusionMatrix
-from seg_trainer.evaluate import evaluate, make_shard_loader, shard_indices
+from seg_trainer.evaluate import evaluate, make_shard_loader
 
 K = 3
 
@@ -84,8 +84,10 @@ def test_metrics_equal_image_by_image_reference(dataset, accelerator) -> None:
 
 @pytest.mark.parametrize("n", [0, 1, 7, 10])
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
-def test_shard_indices_partition_without_padding(n: int, world: int) -> None:
-    shards = [shard_indices(n, world, r) for r in range(world)]
+def test_shards_partition_without_padding(n: int, world: int) -> None:
+    data = [{"image": torch.zeros(3, 2, 2), "label": torch.zeros(2, 2, dtype=torch.long)}] * n
+    loader = DataLoader(data, batch_size=2)
+    shards = [make_shard_loader(loader, world, r)[1] for r in range(world)]
     flat = sorted(i for s in shards for i in s)
     assert flat == list(range(n))
     assert max(map(len, shards)) - min(map(len, shards)) <= 1

@@ -269,7 +269,7 @@ def test_exit_codes_name_the_problem(checkpoint: Path, tmp_path: Path, capsys) -
     assert _code(["--checkpoint", str(broken), *out]) == 3
     assert _one_line(capsys.readouterr().err).startswith("seg-export: checkpoint error:")
     assert _code(["--checkpoint", str(checkpoint), *out, "--set", "model.num_classes=5"]) == 3
-    assert "differ in shape" in _one_line(capsys.readouterr().err)
+    assert "shape mismatches" in _one_line(capsys.readouterr().err)
     assert _code(["--checkpoint", str(tmp_path / "none.pth"), *out]) == 2
     assert "not found" in _one_line(capsys.readouterr().err)
     assert not (tmp_path / "x.onnx").exists()

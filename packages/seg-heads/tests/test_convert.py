@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seg_backbones import IncompatibleWeightsError
 from seg_heads import IMAGENET_RGB, create_model
 from seg_heads.convert import convert, from_mmseg, from_torchvision, load_checkpoint
 
@@ -362,11 +363,11 @@ def test_from_mmseg_fails_loudly_on_missing_and_extra_keys(mmseg_r50) -> None:
     sd = dict(mmseg_r50["pspnet"])
     missing = dict(sd)
     del missing["decode_head.bottleneck.bn.running_var"]
-    with pytest.raises(RuntimeError, match=r"decode_head\.bottleneck\.bn\.running_var"):
+    with pytest.raises(IncompatibleWeightsError, match=r"decode_head\.bottleneck\.bn\.running_var"):
         from_mmseg(missing, arch="pspnet_r50-d8")
     extra = dict(sd)
     extra["decode_head.extra_conv.weight"] = torch.zeros(1)
-    with pytest.raises(RuntimeError, match=r"decode_head\.extra_conv\.weight"):
+    with pytest.raises(IncompatibleWeightsError, match=r"decode_head\.extra_conv\.weight"):
         from_mmseg(extra, arch="pspnet_r50-d8")
     stranger = dict(sd)
     stranger["neck.conv.weight"] = torch.zeros(1)
@@ -374,7 +375,9 @@ def test_from_mmseg_fails_loudly_on_missing_and_extra_keys(mmseg_r50) -> None:
         from_mmseg(stranger, arch="pspnet_r50-d8")
     with pytest.raises(KeyError, match="valid archs"):
         from_mmseg(sd, arch="ccnet_r50-d8")
-    with pytest.raises((RuntimeError, KeyError)):  # PSP weights are not DeepLabV3 weights
+    with pytest.raises(
+        (IncompatibleWeightsError, KeyError)
+    ):  # PSP weights are not DeepLabV3 weights
         from_mmseg(sd, arch="deeplabv3_r50-d8")
 
 
@@ -401,7 +404,7 @@ def test_zoo_file_with_meta_loads_with_weights_only(mmseg_r50, tmp_path) -> None
 def test_untrusted_objects_are_refused_not_unpickled(mmseg_r50, tmp_path) -> None:
     path = tmp_path / "ckpt_with_args.pth"
     torch.save({"state_dict": mmseg_r50["pspnet"], "args": argparse.Namespace(lr=0.1)}, path)
-    with pytest.raises(RuntimeError, match="weights_only"):
+    with pytest.raises(ValueError, match="weights_only"):
         from_mmseg(path, arch="pspnet_r50-d8")
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seg_backbones import IncompatibleWeightsError
 from seg_heads import create_model
 from seg_heads.convert import MMSEG_ARCHS, from_hf, from_mmseg
 from seg_heads.convert._segformer import from_hf_segformer
@@ -257,7 +258,7 @@ def test_from_mmseg_round_trip_and_errors() -> None:
     x = torch.randn(1, 3, H, W)
     with torch.no_grad():
         assert torch.equal(ours(x)["out"], src(x)["out"])
-    with pytest.raises(RuntimeError, match=r"do not fit .*shape mismatches"):
+    with pytest.raises(IncompatibleWeightsError, match=r"(?s)do not fit .*shape mismatches"):
         from_mmseg(sd, arch="segformer_mit-b1")
     bad = dict(sd, **{"auxiliary_head.conv_seg.weight": torch.zeros(7, 64, 1, 1)})
     with pytest.raises(KeyError, match="auxiliary_head"):

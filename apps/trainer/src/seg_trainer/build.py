@@ -211,17 +211,15 @@ def build_dataloader(
     cfg: Config,
     *,
     train: bool,
-    rank: int = 0,
-    world_size: int = 1,
 ) -> DataLoader:
     """The loader for training (before ``accelerator.prepare``) or evaluation.
 
     Training: :class:`EpochSampler` (order = f(seed, epoch)), batch ``data.batch_size``
     (the total over processes: accelerate splits it, ``split_batches=True``), full
     batches only, a seeded generator (so the global RNG is never consumed).
-    Evaluation: each process reads its own shard (:class:`ShardSampler` with
-    ``rank``/``world_size``), ``evaluation.batch_size`` per process, in order; the
-    loader is used as is (not prepared), so no sample is repeated.
+    Evaluation: every sample in order, ``evaluation.batch_size`` per process, never
+    prepared: :func:`seg_trainer.evaluate.evaluate` iterates this process's
+    :class:`ShardSampler` shard of it, so no sample is repeated.
     """
     from seg_data import collate
 
@@ -246,9 +244,8 @@ def build_dataloader(
         return DataLoader(
             dataset, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True, **common
         )
-    sampler = ShardSampler(len(dataset), rank=rank, world_size=world_size)  # type: ignore[arg-type]
     return DataLoader(
-        dataset, batch_size=cfg.evaluation.batch_size, sampler=sampler, drop_last=False, **common
+        dataset, batch_size=cfg.evaluation.batch_size, shuffle=False, drop_last=False, **common
     )
 
 
@@ -258,12 +255,14 @@ def find_normalize(cfg: Config) -> tuple[list[float], list[float], bool] | None:
     Used to turn normalised tensors back into pictures (defaults: ImageNet RGB, as
     ``seg_data``'s ``Normalize``).
     """
+    from seg_data import IMAGENET_MEAN, IMAGENET_STD
+
     for step in cfg.data.val_transforms:
         ((name, opts),) = step.items()
         if name == "Normalize":
             opts = opts or {}
-            mean = opts.get("mean", [123.675, 116.28, 103.53])
-            std = opts.get("std", [58.395, 57.12, 57.375])
+            mean = opts.get("mean", IMAGENET_MEAN)
+            std = opts.get("std", IMAGENET_STD)
             to_bgr = bool(opts.get("to_bgr", False))
             return [float(x) for x in mean], [float(x) for x in std], to_bgr
     return None

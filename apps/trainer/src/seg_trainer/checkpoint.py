@@ -129,10 +129,11 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
 
 def _load_safetensors(path: Path) -> dict[str, Any]:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+
+    from seg_backbones import read_state_dict
 
     try:
-        model = load_file(str(path))
+        model = read_state_dict(path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     candidates = [path.with_suffix(".yaml"), path.with_suffix(".yml"), path.parent / "config.yaml"]

@@ -171,7 +171,8 @@ def cli(argv: Sequence[str] | None = None) -> None:
             align_corners=args.align_corners,
         )
     except (ValueError, KeyError, TypeError, FileNotFoundError, RuntimeError) as exc:
-        print(f"seg-convert: error: {exc}", file=sys.stderr)
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"seg-convert: error: {'; '.join(str(msg).splitlines())}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"wrote {weights}\nwrote {config}")
 

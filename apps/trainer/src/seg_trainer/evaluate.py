@@ -46,9 +46,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from seg_trainer.backends import BACKENDS
+from seg_trainer.build import ShardSampler
 from seg_trainer.errors import EvaluationFailed, report_errors
 from seg_trainer.inference import MODES, inference_spec, predict_logits
 from seg_trainer.visualize import colorize
@@ -59,7 +60,6 @@ __all__ = [
     "evaluate",
     "load_model",
     "make_shard_loader",
-    "shard_indices",
 ]
 
 
@@ -93,34 +93,27 @@ def check_classes(cfg: Any, dataset: Any, split: str, *, ignore_index: int | Non
         )
 
 
-def shard_indices(num_samples: int, num_processes: int, process_index: int) -> list[int]:
-    """The indices one process evaluates: ``range(process_index, num_samples, num_processes)``.
-
-    Unlike ``DistributedSampler`` nothing is padded: the shards partition
-    ``range(num_samples)`` exactly (sizes differ by at most one).
-    """
-    if not 0 <= process_index < num_processes:
-        raise ValueError(f"process_index {process_index} is not in [0, {num_processes})")
-    return list(range(process_index, num_samples, num_processes))
-
-
 def make_shard_loader(
     dataloader: DataLoader, num_processes: int, process_index: int
 ) -> tuple[DataLoader, list[int]]:
     """Rebuild ``dataloader`` (unprepared, or prepared by accelerate) over this process's shard.
 
-    Returns the loader (sequential, no padding, ``drop_last=False``) and the
-    dataset indices it yields, in order.
+    The shard is :class:`~seg_trainer.build.ShardSampler`'s: indices ``process_index,
+    process_index + num_processes, ...``, which partition the dataset exactly (no padding,
+    sizes differ by at most one). Returns the loader (``drop_last=False``) and the dataset
+    indices it yields, in order.
     """
     dataset: Dataset = dataloader.dataset
     batch_size = dataloader.batch_size
     if batch_size is None:  # a loader built on a batch_sampler (e.g. accelerate's shards)
         batch_size = getattr(dataloader.batch_sampler, "batch_size", None) or 1
-    indices = shard_indices(len(dataset), num_processes, process_index)  # type: ignore[arg-type]
-    subset = dataset if num_processes == 1 else Subset(dataset, indices)
+    if not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index {process_index} is not in [0, {num_processes})")
+    sampler = ShardSampler(len(dataset), rank=process_index, world_size=num_processes)  # type: ignore[arg-type]
     loader = DataLoader(
-        subset,
+        dataset,
         batch_size=batch_size,
+        sampler=sampler,
         shuffle=False,
         drop_last=False,
         num_workers=dataloader.num_workers,
@@ -133,7 +126,7 @@ def make_shard_loader(
         # would depend on evaluation.interval
         generator=torch.Generator().manual_seed(0),
     )
-    return loader, indices
+    return loader, list(sampler)
 
 
 def _sample_name(meta: Any, index: int) -> str:
@@ -463,33 +456,23 @@ def _label_id_fn(dataset: Any) -> Callable[[np.ndarray], np.ndarray] | None:
 
 def load_model(cfg: Any, checkpoint: dict[str, Any], path: str | Path) -> nn.Module:
     """Build the model of ``cfg`` and load ``checkpoint["model"]`` strictly, explaining misfits."""
+    from seg_backbones import IncompatibleWeightsError
+    from seg_backbones.pretrained import check_state_dict
     from seg_trainer.build import build_model
     from seg_trainer.checkpoint import CheckpointError
 
     model = build_model(cfg)
-    own = model.state_dict()
-    shapes = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in checkpoint["model"].items()
-        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if shapes:
+    try:
+        check_state_dict(model, checkpoint["model"], where=str(path), limit=5)
+    except IncompatibleWeightsError as exc:
+        found = str(exc).replace(":\n", ": ").replace("\n", "; ")  # one line: the CLI prints it
         raise CheckpointError(
-            f"{path} does not fit the model built from the config ({cfg.model.name} / "
-            f"{cfg.model.backbone}, {cfg.model.num_classes} classes): {len(shapes)} tensor(s) "
-            f"differ in shape, e.g. {'; '.join(shapes[:3])}. Pass the config the checkpoint "
-            "was trained with (--config) or fix model.* (e.g. model.num_classes) with --set"
-        )
-    missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)
-    if missing or unexpected:
-        more_m = "..." if len(missing) > 5 else ""
-        more_u = "..." if len(unexpected) > 5 else ""
-        raise CheckpointError(
-            f"{path} does not fit the model built from the config ({cfg.model.name} / "
-            f"{cfg.model.backbone}, {cfg.model.num_classes} classes): missing keys "
-            f"{missing[:5]}{more_m}, unexpected keys {unexpected[:5]}{more_u}. Pass the config "
-            "the checkpoint was trained with (--config) or fix model.* with --set"
-        )
+            f"{found}. It does not fit the model built from the config ({cfg.model.name} / "
+            f"{cfg.model.backbone}, {cfg.model.num_classes} classes): pass the config the "
+            "checkpoint was trained with (--config) or fix model.* (e.g. model.num_classes) "
+            "with --set"
+        ) from None
+    model.load_state_dict(checkpoint["model"], strict=True)
     return model
 
 
@@ -519,7 +502,7 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> dict[str, An
     dataset = build_dataset(cfg, split)
     check_classes(cfg, dataset, split)
     ev = cfg.evaluation
-    # training's evaluation loader (evaluate() re-shards it over the processes)
+    # training's evaluation loader; evaluate() iterates this process's shard of it
     loader = build_dataloader(dataset, cfg, train=False)
     out_dir = Path(cfg.output_dir)
     tag = "" if backend == "torch" else f"_{backend}"  # never overwrite PyTorch's results

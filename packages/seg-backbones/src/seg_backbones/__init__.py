@@ -20,13 +20,8 @@ from . import stdc as _stdc  # noqa: F401
 from ._features import FeatureInfo
 from ._registry import create_backbone, list_backbones, register_backbone
 from .norm import FrozenBatchNorm2d
-from .pretrained import (
-    IncompatibleWeightsError,
-    convert_state_dict,
-    detect_source,
-    load_pretrained,
-)
-from .resnet import ResNet
+from .pretrained import IncompatibleWeightsError, load_pretrained, read_state_dict
+from .resnet import ResNet, convert_state_dict, detect_source
 
 __all__ = [
     "FeatureInfo",
@@ -38,5 +33,6 @@ __all__ = [
     "detect_source",
     "list_backbones",
     "load_pretrained",
+    "read_state_dict",
     "register_backbone",
 ]

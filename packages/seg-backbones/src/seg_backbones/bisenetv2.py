@@ -406,7 +406,7 @@ def convert_realtime_state_dict(
     reconciles ``num_batches_tracked`` and raises
     :class:`~seg_backbones.IncompatibleWeightsError` listing any key that does not fit.
     """
-    from .pretrained import IncompatibleWeightsError, _reconcile_buffers, check_state_dict
+    from .pretrained import IncompatibleWeightsError, check_state_dict, reconcile_buffers
 
     if source not in SOURCES:
         raise ValueError(f"unknown weights source {source!r}; valid sources are {SOURCES}")
@@ -420,7 +420,7 @@ def convert_realtime_state_dict(
     for prefix in ("module.", "backbone."):
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    sd = _reconcile_buffers(sd, model.state_dict())
+    sd = reconcile_buffers(sd, model.state_dict())
     check_state_dict(model, sd, source=source)
     return sd
 

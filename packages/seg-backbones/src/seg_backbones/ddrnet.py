@@ -399,7 +399,7 @@ def convert_ddrnet_state_dict(
     missing, unexpected or mis-shaped raises :class:`~seg_backbones.IncompatibleWeightsError`.
     Also used by :mod:`seg_backbones.pidnet` (``family`` names it in messages).
     """
-    from .pretrained import IncompatibleWeightsError, _reconcile_buffers, check_state_dict
+    from .pretrained import IncompatibleWeightsError, check_state_dict, reconcile_buffers
 
     if source not in SOURCES:
         raise ValueError(f"unknown {family} weights source {source!r}; valid sources are {SOURCES}")
@@ -413,7 +413,7 @@ def convert_ddrnet_state_dict(
             f"{sorted({k.split('.')[0] for k in sd if not k.startswith('backbone.')})}); load "
             f"it with seg_heads.convert.from_mmseg(path, arch=...) ({family})"
         )
-    sd = _reconcile_buffers(sd, model.state_dict())
+    sd = reconcile_buffers(sd, model.state_dict())
     check_state_dict(model, sd, source=source)
     return sd
 

@@ -289,7 +289,7 @@ def convert_hrnet_state_dict(
     classification head dropped; anything else that does not fit raises
     :class:`~seg_backbones.IncompatibleWeightsError` listing the keys.
     """
-    from .pretrained import IncompatibleWeightsError, _reconcile_buffers, check_state_dict
+    from .pretrained import IncompatibleWeightsError, check_state_dict, reconcile_buffers
 
     if source not in SOURCES:
         raise ValueError(f"unknown HRNet weights source {source!r}; valid sources are {SOURCES}")
@@ -304,7 +304,7 @@ def convert_hrnet_state_dict(
             "it with seg_heads.convert.from_mmseg(path, arch='ocrnet_hr18' / 'ocrnet_hr48')"
         )
     sd = {k: v for k, v in sd.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
-    sd = _reconcile_buffers(sd, model.state_dict())
+    sd = reconcile_buffers(sd, model.state_dict())
     check_state_dict(model, sd, source=source)
     return sd
 

@@ -441,7 +441,7 @@ def convert_mobilenetv3_state_dict(
     keys. mmseg's weights were trained with ``"SAME"`` padding: build ``variant="mmseg"`` to
     reproduce its outputs (the keys are the same either way).
     """
-    from .pretrained import IncompatibleWeightsError, _reconcile_buffers, check_state_dict
+    from .pretrained import IncompatibleWeightsError, check_state_dict, reconcile_buffers
 
     if source not in SOURCES:
         raise ValueError(
@@ -469,7 +469,7 @@ def convert_mobilenetv3_state_dict(
             module, _, param = k.rpartition(".")
             renamed[f"{table[module]}.{param}" if module in table else k] = v
         sd = renamed
-    sd = _reconcile_buffers(sd, model.state_dict())
+    sd = reconcile_buffers(sd, model.state_dict())
     check_state_dict(model, sd, source=source)
     return sd
 

@@ -36,7 +36,7 @@ for the 7x7 and ``_v1c`` variants), ``"both"`` gives it the block dilation ``D``
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -45,8 +45,9 @@ from torch import Tensor, nn
 from ._features import FeatureInfo
 from ._registry import register_backbone
 from .norm import NormLayer, get_norm_layer, is_batch_norm
+from .pretrained import IncompatibleWeightsError, check_state_dict, reconcile_buffers
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet"]
+__all__ = ["SOURCES", "BasicBlock", "Bottleneck", "ResNet", "convert_state_dict", "detect_source"]
 
 StemType = Literal["7x7", "deep"]
 MultiGridMode = Literal["multiply", "absolute"]
@@ -356,6 +357,16 @@ class ResNet(nn.Module):
             feats.append(x)
         return feats
 
+    def load_pretrained_state_dict(
+        self, state_dict: Mapping[str, Tensor], *, source: str = "auto"
+    ) -> None:
+        """:func:`seg_backbones.load_pretrained`'s hook: torchvision, timm, mmseg or CSAIL weights.
+
+        See :func:`convert_state_dict`.
+        """
+        sd = convert_state_dict(state_dict, source=source, model=self)  # type: ignore[arg-type]
+        self.load_state_dict(sd, strict=True)
+
 
 # ----------------------------------------------------------------------------------------
 # variants: plain data merged with the user's keyword-only options
@@ -503,3 +514,123 @@ def resnet50_deep(**kwargs: Any) -> ResNet:
 def resnet101_deep(**kwargs: Any) -> ResNet:
     """3x3-Res ResNet-101 (CSAIL/PKUSeg deep stem 64-64-128)."""
     return _build(101, "deep", kwargs)
+
+
+# ----------------------------------------------------------------------------------------
+# weight layouts
+#
+# Ours is torchvision's for the 7x7 stem (``conv1``, ``bn1``, ``layerN.M.{conv,bn}K``,
+# ``layerN.M.downsample.{0,1}``) and an ``nn.Sequential`` called ``stem`` for both deep stems
+# (``stem.0`` conv, ``stem.1`` norm, ``stem.3``/``stem.4``, ``stem.6``/``stem.7``), as mmseg's
+# ``ResNetV1c``. Source layouts recognised (all share torchvision's ``layerN.M.*`` block keys):
+#
+# ``torchvision``  ``conv1``, ``bn1`` (7x7 stem); also timm/mmseg 7x7 ResNets
+# ``timm``         ``conv1.0/.1/.3/.4/.6`` + ``bn1`` (``resnet50c``/``101c`` deep stem)
+# ``mmseg``        ``stem.0/.1/.3/.4/.6/.7`` (mmseg/mmpretrain ``ResNetV1c``)
+# ``csail``        ``conv1/bn1/conv2/bn2/conv3/bn3`` (CSAIL ``3x3resnet`` stem)
+
+Source = Literal["auto", "torchvision", "timm", "mmseg", "csail"]
+SOURCES: tuple[str, ...] = ("auto", "torchvision", "timm", "mmseg", "csail")
+
+# classifier weights are ignored by name: ``fc.*`` (torchvision, timm, CSAIL) and
+# ``head.fc.*`` (mmpretrain classification checkpoints)
+_CLASSIFIER_PREFIXES = ("fc.", "head.fc.")
+_TIMM_STEM = {"conv1.0": "stem.0", "conv1.1": "stem.1", "conv1.3": "stem.3",
+              "conv1.4": "stem.4", "conv1.6": "stem.6", "bn1": "stem.7"}  # fmt: skip
+_CSAIL_STEM = {"conv1": "stem.0", "bn1": "stem.1", "conv2": "stem.3",
+               "bn2": "stem.4", "conv3": "stem.6", "bn3": "stem.7"}  # fmt: skip
+
+
+def detect_source(state_dict: Mapping[str, Any]) -> str:
+    """Name the key layout of a backbone state dict: torchvision, timm, mmseg or csail."""
+    keys = set(state_dict)
+    if "stem.0.weight" in keys:
+        return "mmseg"
+    if "conv1.0.weight" in keys:
+        return "timm"
+    if "conv2.weight" in keys and "conv3.weight" in keys:
+        return "csail"
+    if "conv1.weight" in keys:
+        return "torchvision"
+    raise ValueError(
+        "cannot recognise the key layout of this state dict (looked for 'stem.0.weight' "
+        "(mmseg), 'conv1.0.weight' (timm deep stem), 'conv2.weight' + 'conv3.weight' "
+        f"(csail), 'conv1.weight' (torchvision)); first keys: {sorted(keys)[:10]}. "
+        "Pass source=... explicitly or strip a prefix first."
+    )
+
+
+def _strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    for prefix in ("module.", "backbone."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    if any(k.startswith("backbone.") for k in sd):
+        others = sorted({k.split(".")[0] for k in sd if not k.startswith("backbone.")})
+        raise IncompatibleWeightsError(
+            "this looks like a full segmentation checkpoint (keys 'backbone.*' next to "
+            f"{others}); load it with seg_heads' converter, or keep the backbone part: "
+            "{k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}"
+        )
+    return sd
+
+
+def _rename_stem(sd: dict[str, Tensor], table: Mapping[str, str]) -> dict[str, Tensor]:
+    out = {}
+    for k, v in sd.items():
+        module, _, param = k.rpartition(".")
+        out[f"{table[module]}.{param}" if module in table else k] = v
+    return out
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, Tensor],
+    *,
+    source: Source = "auto",
+    model: nn.Module | None = None,
+) -> dict[str, Tensor]:
+    """Map a backbone state dict in ``source``'s key layout to ours.
+
+    ``source``: ``"auto"`` (detected from the keys), ``"torchvision"``, ``"timm"``,
+    ``"mmseg"`` or ``"csail"``. Classifier weights (``fc.*``, ``head.fc.*``) are
+    dropped; a common ``module.`` or ``backbone.`` prefix is stripped. With
+    ``model``, the result is checked strictly against it (see :func:`seg_backbones.load_pretrained`)
+    and ``num_batches_tracked`` buffers are reconciled with the model's.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; valid sources are {list(SOURCES)}")
+    sd = {k: v for k, v in state_dict.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    sd = _strip_prefixes(sd)
+    sd = {k: v for k, v in sd.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    if source == "auto":
+        source = detect_source(sd)  # type: ignore[assignment]
+    if source == "timm" and "conv1.0.weight" in sd:
+        sd = _rename_stem(sd, _TIMM_STEM)
+    elif source == "csail":
+        sd = _rename_stem(sd, _CSAIL_STEM)
+    if model is not None:
+        sd = reconcile_buffers(sd, model.state_dict())
+        check_state_dict(model, sd, source=source, hint=_stem_hint(model, sd))
+    return sd
+
+
+def _stem_hint(model: nn.Module, sd: Mapping[str, Tensor]) -> str:
+    stem_type = getattr(model, "stem_type", None)
+    if stem_type == "deep" and "conv1.weight" in sd and "stem.0.weight" not in sd:
+        return (
+            "the weights have a 7x7 stem (torchvision layout) but the model has a deep "
+            "stem; build 'resnetXX' instead of 'resnetXX_v1c'/'resnetXX_deep'."
+        )
+    if stem_type == "7x7" and "stem.0.weight" in sd:
+        return (
+            "the weights have a deep stem but the model has the 7x7 stem; build "
+            "'resnetXX_v1c' (stem width 32) or 'resnetXX_deep' (stem width 64)."
+        )
+    w = sd.get("stem.0.weight")
+    ref = model.state_dict().get("stem.0.weight")
+    if w is not None and ref is not None and w.shape[0] != ref.shape[0]:
+        return (
+            f"the weights' deep stem starts with {w.shape[0]} channels, the model's with "
+            f"{ref.shape[0]}: 32 is mmseg/timm ResNetV1c ('resnetXX_v1c'), 64 is the CSAIL "
+            "3x3-Res stem ('resnetXX_deep')."
+        )
+    return ""

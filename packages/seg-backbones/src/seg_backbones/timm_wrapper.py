@@ -235,7 +235,7 @@ class TimmBackbone(nn.Module):
         self, state_dict: Mapping[str, Tensor], ignored: list[str], *, source: str
     ) -> None:
         """Strictly load timm-named keys (``@norm.<stage>.<param>``: output norms)."""
-        from .pretrained import IncompatibleWeightsError, _listing
+        from .pretrained import IncompatibleWeightsError, listing
 
         own = self.model.state_dict()
         by_norm = {k.replace("_", "."): k for k in own}
@@ -264,8 +264,8 @@ class TimmBackbone(nn.Module):
         if missing or mismatched:
             raise IncompatibleWeightsError(
                 f"weights (source={source!r}) do not fit timm:{self.name}:"
-                + (f"\nmissing keys {_listing(missing)}" if missing else "")
-                + (f"\nshape mismatches {_listing(mismatched)}" if mismatched else "")
+                + (f"\nmissing keys {listing(missing)}" if missing else "")
+                + (f"\nshape mismatches {listing(mismatched)}" if mismatched else "")
             )
         for k in own:
             if k.endswith("num_batches_tracked") and k not in sd:
@@ -274,7 +274,7 @@ class TimmBackbone(nn.Module):
         if unused:
             warnings.warn(
                 f"timm:{self.name}: ignored checkpoint keys unused by features_only "
-                f"{_listing(unused)}",
+                f"{listing(unused)}",
                 stacklevel=4,
             )
         self.model.load_state_dict(sd, strict=True)
@@ -417,7 +417,7 @@ def _rename(
     sd: Mapping[str, Tensor], rules: list[_Rule], ignore: list[str], where: str
 ) -> tuple[dict[str, Tensor], list[str]]:
     """Rename every key by the first matching rule; known unused keys are returned apart."""
-    from .pretrained import IncompatibleWeightsError, _listing
+    from .pretrained import IncompatibleWeightsError, listing
 
     out: dict[str, Tensor] = {}
     ignored: list[str] = []
@@ -434,7 +434,7 @@ def _rename(
             (ignored if any(re.fullmatch(p, k) for p in ignore) else unknown).append(k)
     if unknown:
         raise IncompatibleWeightsError(
-            f"{where}: keys of no known layout {_listing(unknown)}; is `source` right?"
+            f"{where}: keys of no known layout {listing(unknown)}; is `source` right?"
         )
     return out, ignored
 

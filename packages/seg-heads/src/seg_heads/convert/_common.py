@@ -1,20 +1,23 @@
-"""What every converter shares: reading a checkpoint safely, renaming keys, strict loading.
+"""What every converter shares: renaming keys and building + loading strictly.
 
-Files are read with ``torch.load(..., weights_only=True)``. The only extra types allowed
-are the numpy scalar, dtype and array reconstructors that the model zoos' ``meta`` dicts
-contain; anything else fails with an explanation (there is no fallback to full unpickling).
+Files are read by :func:`seg_backbones.read_state_dict` (``torch.load(...,
+weights_only=True)``; the only extra types allowed are the numpy reconstructors that the
+model zoos' ``meta`` dicts contain; no fallback to full unpickling), exported here as
+``load_checkpoint``; keys are checked by :func:`seg_backbones.pretrained.check_state_dict`.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
+
+from seg_backbones import convert_state_dict
+from seg_backbones import read_state_dict as load_checkpoint
+from seg_backbones.pretrained import check_state_dict
 
 from ..model import SegmentationModel, create_model
 
@@ -32,76 +35,6 @@ __all__ = [
 ]
 
 StateDictSource = str | os.PathLike[str] | Mapping[str, Any]
-
-
-def _zoo_safe_globals() -> list[Any]:
-    """numpy reconstructors found in model-zoo ``meta`` dicts: plain data, no code.
-
-    Empty without numpy (the ``zoo`` extra): such files then fail to load, explaining why.
-    """
-    try:
-        import numpy as np
-    except ImportError:
-        return []
-
-    multiarray = np._core.multiarray
-    dtype_classes = [
-        getattr(np.dtypes, n)
-        for n in dir(np.dtypes)
-        if n.endswith("DType") and n not in ("ObjectDType", "VoidDType", "StringDType")
-    ]
-    return [
-        multiarray.scalar,
-        (multiarray.scalar, "numpy.core.multiarray.scalar"),  # numpy 1.x pickles
-        multiarray._reconstruct,
-        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-        np.ndarray,
-        np.dtype,
-        *dtype_classes,
-    ]
-
-
-def load_checkpoint(src: StateDictSource) -> dict[str, Tensor]:
-    """Read a state dict from a path or a mapping, unwrapping the zoos' containers.
-
-    Accepts a bare state dict, or a dict holding it under ``"state_dict"`` (mmseg,
-    mmcv/mmengine, with ``"meta"`` beside it) or ``"model"`` (torchvision's reference
-    scripts); strips a ``module.`` prefix (DataParallel/DDP) when every key has it.
-    """
-    where = "the given mapping"
-    if isinstance(src, Mapping):
-        obj: Any = src
-    else:
-        where = os.fspath(src)
-        if not os.path.isfile(where):
-            raise FileNotFoundError(f"checkpoint file not found: {where!r}")
-        try:
-            with torch.serialization.safe_globals(_zoo_safe_globals()):
-                obj = torch.load(where, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise RuntimeError(
-                f"{where}: torch.load(weights_only=True) refused an object in this file, and "
-                "seg_heads never falls back to full unpickling (it can run arbitrary code). "
-                "If you trust the file, re-save its weights alone (the 'state_dict' tensors) "
-                f"to a new file in a trusted environment and convert that. Original error: {e}"
-            ) from e
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"{where}: expected a state dict (a mapping), got {type(obj).__name__}")
-    for wrapper in ("state_dict", "model"):
-        if wrapper in obj and isinstance(obj[wrapper], Mapping):
-            obj = obj[wrapper]
-            break
-    sd = dict(obj)
-    bad = [k for k, v in sd.items() if not isinstance(v, Tensor)]
-    if bad:
-        raise TypeError(
-            f"{where}: not a state dict: non-tensor entries {bad[:8]} (top-level keys "
-            f"{list(sd)[:8]}); expected tensors, or a dict with the weights under "
-            "'state_dict' or 'model'"
-        )
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
 
 
 def match_arch(arch: str, table: Mapping[str, Any], what: str) -> str:
@@ -142,29 +75,19 @@ def convert_resnet_backbone(
     sd: Mapping[str, Tensor], source: str, backbone: nn.Module
 ) -> dict[str, Tensor]:
     """A ResNet backbone's keys in ``source``'s layout -> ours (seg_backbones' converter)."""
-    from seg_backbones import convert_state_dict
-
     return dict(convert_state_dict(dict(sd), source=source, model=backbone))
 
 
 def load_strict(model: nn.Module, sd: Mapping[str, Tensor], where: str) -> None:
-    """``model.load_state_dict(sd, strict=True)`` with an error listing what does not fit."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    mismatched = [
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and sd[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise RuntimeError(
-            f"{where}: the converted weights do not fit the model "
-            f"(build_config={getattr(model, 'build_config', None)}): "
-            f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
-            f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}, "
-            f"shape mismatches {mismatched[:8]}. Check `arch` and that the file is complete."
-        )
+    """``model.load_state_dict(sd, strict=True)``, or :class:`~seg_backbones.IncompatibleWeightsError`
+    naming ``where`` and every missing, unexpected or mis-shaped key."""
+    check_state_dict(
+        model,
+        sd,
+        where=where,
+        hint=f"the model was built with {getattr(model, 'build_config', None)}; check `arch` "
+        "and that the file is complete",
+    )
     model.load_state_dict(sd, strict=True)
 
 

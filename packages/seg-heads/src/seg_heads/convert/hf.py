@@ -62,12 +62,8 @@ def read_hf_directory(
     config = json.loads(config_path.read_text(encoding="utf-8"))
     safetensors = root / "model.safetensors"
     bin_file = root / "pytorch_model.bin"
-    if safetensors.is_file():
-        from safetensors.torch import load_file
-
-        sd = load_file(str(safetensors), device="cpu")
-    elif bin_file.is_file():
-        sd = load_checkpoint(bin_file)  # torch.load(weights_only=True)
+    if safetensors.is_file() or bin_file.is_file():  # bin: torch.load(weights_only=True)
+        sd = load_checkpoint(safetensors if safetensors.is_file() else bin_file)
     else:
         sharded = sorted(p.name for p in root.glob("*.safetensors.index.json"))
         hint = f" (sharded checkpoints {sharded} are not supported)" if sharded else ""
