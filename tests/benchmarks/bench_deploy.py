@@ -12,6 +12,9 @@ said:
 - ``ours eager``: the PKUSeg twin with torchvision's weights (``seg_heads.convert.
   from_torchvision``; outputs equal to torchvision's, column ``max|d|``);
 - ``ours fold-bn+cl``: ``seg_heads.export.fold_bn`` + ``channels_last`` (model and input);
+- ``ours compiled``: the same, then ``torch.compile`` (inductor, ``freezing=True``: weights
+  become constants and convolutions are pre-packed for oneDNN; compiled in the warm-up, once
+  per size);
 - ``onnxruntime``: the ONNX export (``seg_heads.export.to_onnx``, dynamic shapes) in
   onnxruntime's CPU provider;
 - ``openvino``: the same file compiled by OpenVINO (f32 precision hint);
@@ -49,6 +52,7 @@ PATHS = (
     "torchvision",
     "ours eager",
     "ours fold-bn+cl",
+    "ours compiled",
     "onnxruntime",
     "openvino",
     "onnxruntime int8",
@@ -108,6 +112,12 @@ def build_runners(
     runners["torchvision"] = _torch_runner(tv)
     runners["ours eager"] = _torch_runner(ours)
     runners["ours fold-bn+cl"] = _torch_runner(fold_bn(ours), channels_last=True)
+    if "ours compiled" in paths:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # inference only: weights folded into the graph
+        folded = fold_bn(ours).to(memory_format=torch.channels_last)
+        runners["ours compiled"] = _torch_runner(torch.compile(folded), channels_last=True)
     has = {m: importlib.util.find_spec(m) is not None for m in ("onnxruntime", "openvino")}
     if not has["onnxruntime"]:
         for p in paths:
