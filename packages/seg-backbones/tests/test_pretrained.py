@@ -252,3 +252,17 @@ def test_timm_wrapper_loads_timm_weights() -> None:
     del sd["layer1.0.conv1.weight"]
     with pytest.raises(IncompatibleWeightsError, match=r"layer1\.0\.conv1\.weight"):
         load_pretrained(bb, sd)
+
+
+def test_module_without_a_family_converter_loads_strictly(tmp_path) -> None:
+    ref = nn.Conv2d(3, 4, 3)
+    path = tmp_path / "conv.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
+    got = load_pretrained(nn.Conv2d(3, 4, 3), path)  # wrapper and module. prefix removed
+    assert torch.equal(got.weight, ref.weight) and torch.equal(got.bias, ref.bias)
+    with pytest.raises(
+        IncompatibleWeightsError, match=r"(?s)state dict: .*missing keys 1: \[bias\]"
+    ):
+        load_pretrained(nn.Conv2d(3, 4, 3), {"weight": ref.weight})
+    with pytest.raises(ValueError, match="no weight converter"):
+        load_pretrained(nn.Conv2d(3, 4, 3), path, source="mmseg")
