@@ -42,6 +42,12 @@ from torch import Tensor, nn
 from ._features import FeatureInfo
 from ._registry import register_backbone
 from .norm import NormLayer, get_norm_layer
+from .pretrained import (
+    IncompatibleWeightsError,
+    backbone_part,
+    check_state_dict,
+    reconcile_buffers,
+)
 
 __all__ = [
     "BiSeNetV2",
@@ -406,8 +412,6 @@ def convert_realtime_state_dict(
     reconciles ``num_batches_tracked`` and raises
     :class:`~seg_backbones.IncompatibleWeightsError` listing any key that does not fit.
     """
-    from .pretrained import IncompatibleWeightsError, check_state_dict, reconcile_buffers
-
     if source not in SOURCES:
         raise ValueError(f"unknown weights source {source!r}; valid sources are {SOURCES}")
     sd = dict(state_dict)
@@ -417,9 +421,7 @@ def convert_realtime_state_dict(
             f"this looks like a full mmseg segmentation checkpoint (keys {heads}); load it "
             "with seg_heads.convert.from_mmseg(path, arch=...)"
         )
-    for prefix in ("module.", "backbone."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    sd = backbone_part(sd, use=None)  # refused above by head names (STDC's keys hold backbone.*)
     sd = reconcile_buffers(sd, model.state_dict())
     check_state_dict(model, sd, source=source)
     return sd

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from ._features import FeatureInfo
 from ._registry import build_checked, register_backbone
 from .norm import NormLayer, get_norm_layer
+from .pretrained import backbone_part, check_state_dict, reconcile_buffers
 
 __all__ = [
     "DAPPM",
@@ -399,20 +400,10 @@ def convert_ddrnet_state_dict(
     missing, unexpected or mis-shaped raises :class:`~seg_backbones.IncompatibleWeightsError`.
     Also used by :mod:`seg_backbones.pidnet` (``family`` names it in messages).
     """
-    from .pretrained import IncompatibleWeightsError, check_state_dict, reconcile_buffers
-
     if source not in SOURCES:
         raise ValueError(f"unknown {family} weights source {source!r}; valid sources are {SOURCES}")
     sd = dict(state_dict)
-    for prefix in ("module.", "backbone."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    if any(k.startswith("backbone.") for k in sd):
-        raise IncompatibleWeightsError(
-            f"this looks like a full mmseg segmentation checkpoint (keys 'backbone.*' next to "
-            f"{sorted({k.split('.')[0] for k in sd if not k.startswith('backbone.')})}); load "
-            f"it with seg_heads.convert.from_mmseg(path, arch=...) ({family})"
-        )
+    sd = backbone_part(sd, use=f"seg_heads.convert.from_mmseg(path, arch=...) ({family})")
     sd = reconcile_buffers(sd, model.state_dict())
     check_state_dict(model, sd, source=source)
     return sd

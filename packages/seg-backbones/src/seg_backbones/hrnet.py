@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from ._features import FeatureInfo
 from ._registry import build_checked, register_backbone
 from .norm import NormLayer, get_norm_layer, is_batch_norm
+from .pretrained import backbone_part, check_state_dict, reconcile_buffers
 from .resnet import BasicBlock, Bottleneck
 
 __all__ = ["HRModule", "HRNet", "convert_hrnet_state_dict"]
@@ -289,20 +290,12 @@ def convert_hrnet_state_dict(
     classification head dropped; anything else that does not fit raises
     :class:`~seg_backbones.IncompatibleWeightsError` listing the keys.
     """
-    from .pretrained import IncompatibleWeightsError, check_state_dict, reconcile_buffers
-
     if source not in SOURCES:
         raise ValueError(f"unknown HRNet weights source {source!r}; valid sources are {SOURCES}")
     sd = dict(state_dict)
-    for prefix in ("module.", "backbone."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    if any(k.startswith("backbone.") for k in sd):
-        raise IncompatibleWeightsError(
-            "this looks like a full mmseg segmentation checkpoint (keys 'backbone.*' next to "
-            f"{sorted({k.split('.')[0] for k in sd if not k.startswith('backbone.')})}); load "
-            "it with seg_heads.convert.from_mmseg(path, arch='ocrnet_hr18' / 'ocrnet_hr48')"
-        )
+    sd = backbone_part(
+        sd, use="seg_heads.convert.from_mmseg(path, arch='ocrnet_hr18' / 'ocrnet_hr48')"
+    )
     sd = {k: v for k, v in sd.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
     sd = reconcile_buffers(sd, model.state_dict())
     check_state_dict(model, sd, source=source)

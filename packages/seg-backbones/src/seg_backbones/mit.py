@@ -51,6 +51,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ._features import FeatureInfo
 from ._registry import register_backbone
+from .pretrained import IncompatibleWeightsError, check_state_dict
 
 __all__ = [
     "MIT_SOURCES",
@@ -320,8 +321,6 @@ class MixVisionTransformer(nn.Module):
         layout from the keys; missing, unexpected or mis-shaped keys raise
         :class:`~seg_backbones.IncompatibleWeightsError` listing them.
         """
-        from .pretrained import check_state_dict
-
         sd, found = _convert(state_dict, source)
         check_state_dict(self, sd, source=found)
         self.load_state_dict(sd, strict=True)
@@ -473,8 +472,6 @@ def convert_mit_state_dict(
 
 def _convert(state_dict: Mapping[str, Tensor], source: str) -> tuple[dict[str, Tensor], str]:
     """:func:`convert_mit_state_dict` and the source it used (detected when ``"auto"``)."""
-    from .pretrained import IncompatibleWeightsError
-
     if source not in MIT_SOURCES:
         raise ValueError(f"unknown MiT weight source {source!r}; valid: {list(MIT_SOURCES)}")
     sd = _strip(dict(state_dict))

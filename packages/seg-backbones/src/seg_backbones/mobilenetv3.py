@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from ._features import FeatureInfo
 from ._registry import build_checked, register_backbone
 from .norm import FrozenBatchNorm2d, NormLayer, get_norm_layer, is_batch_norm
+from .pretrained import backbone_part, check_state_dict, reconcile_buffers
 
 __all__ = [
     "SOURCES",
@@ -441,23 +442,15 @@ def convert_mobilenetv3_state_dict(
     keys. mmseg's weights were trained with ``"SAME"`` padding: build ``variant="mmseg"`` to
     reproduce its outputs (the keys are the same either way).
     """
-    from .pretrained import IncompatibleWeightsError, check_state_dict, reconcile_buffers
-
     if source not in SOURCES:
         raise ValueError(
             f"unknown MobileNetV3 weights source {source!r}; valid sources are {SOURCES}"
         )
     sd = dict(state_dict)
-    for prefix in ("module.", "backbone."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    if any(k.startswith("backbone.") for k in sd):
-        raise IncompatibleWeightsError(
-            "this looks like a full segmentation checkpoint (keys 'backbone.*' next to "
-            f"{sorted({k.split('.')[0] for k in sd if not k.startswith('backbone.')})}); load "
-            "it with seg_heads.convert.from_torchvision(path, arch='lraspp_mobilenet_v3_large') "
-            "or from_mmseg(path, arch='lraspp_m-v3-d8')"
-        )
+    sd = backbone_part(
+        sd,
+        use="seg_heads.convert.from_torchvision(path, arch='lraspp_mobilenet_v3_large') or from_mmseg(path, arch='lraspp_m-v3-d8')",
+    )
     if source == "auto":
         source = _detect(sd)
     if source == "torchvision":

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "IncompatibleWeightsError",
+    "backbone_part",
     "check_state_dict",
     "load_pretrained",
     "read_state_dict",
@@ -135,6 +136,28 @@ def _unwrap(obj: Any, *, where: str) -> dict[str, Tensor]:
             )
         obj = inner
     raise TypeError(f"{where}: expected a state dict (str -> Tensor), got {type(obj).__name__}")
+
+
+def backbone_part(sd: Mapping[str, Tensor], *, use: str | None) -> dict[str, Tensor]:
+    """``sd`` without a ``module.`` / ``backbone.`` prefix that every key shares.
+
+    A state dict with ``backbone.*`` keys next to others (``decode_head.*``, ...) is a whole
+    segmentation model, not a backbone: :class:`IncompatibleWeightsError` saying to load it
+    with ``use`` (the converter of the whole model). ``use=None`` skips that check, for a
+    family whose own keys include ``backbone.*`` (STDC's context path holds its STDCNet so).
+    """
+    sd = dict(sd)
+    for prefix in ("module.", "backbone."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    if use is not None and any(k.startswith("backbone.") for k in sd):
+        others = sorted({k.split(".")[0] for k in sd if not k.startswith("backbone.")})
+        raise IncompatibleWeightsError(
+            f"this looks like a full segmentation checkpoint (keys 'backbone.*' next to "
+            f"{others}); load it with {use}, or keep the backbone part: "
+            "{k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}"
+        )
+    return sd
 
 
 # ----------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from ._features import FeatureInfo
 from ._registry import register_backbone
 from .norm import NormLayer, get_norm_layer, is_batch_norm
-from .pretrained import IncompatibleWeightsError, check_state_dict, reconcile_buffers
+from .pretrained import backbone_part, check_state_dict, reconcile_buffers
 
 __all__ = ["SOURCES", "BasicBlock", "Bottleneck", "ResNet", "convert_state_dict", "detect_source"]
 
@@ -560,20 +560,6 @@ def detect_source(state_dict: Mapping[str, Any]) -> str:
     )
 
 
-def _strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    for prefix in ("module.", "backbone."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    if any(k.startswith("backbone.") for k in sd):
-        others = sorted({k.split(".")[0] for k in sd if not k.startswith("backbone.")})
-        raise IncompatibleWeightsError(
-            "this looks like a full segmentation checkpoint (keys 'backbone.*' next to "
-            f"{others}); load it with seg_heads' converter, or keep the backbone part: "
-            "{k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}"
-        )
-    return sd
-
-
 def _rename_stem(sd: dict[str, Tensor], table: Mapping[str, str]) -> dict[str, Tensor]:
     out = {}
     for k, v in sd.items():
@@ -599,7 +585,7 @@ def convert_state_dict(
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; valid sources are {list(SOURCES)}")
     sd = {k: v for k, v in state_dict.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
-    sd = _strip_prefixes(sd)
+    sd = backbone_part(sd, use="seg_heads.convert (from_mmseg, from_torchvision)")
     sd = {k: v for k, v in sd.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
     if source == "auto":
         source = detect_source(sd)  # type: ignore[assignment]

@@ -47,6 +47,7 @@ from .bisenetv2 import (
     init_mmseg_backbone_,
 )
 from .norm import NormLayer, get_norm_layer
+from .pretrained import backbone_part
 
 __all__ = ["STDCContextPathNet", "STDCModule", "STDCNet"]
 
@@ -256,9 +257,7 @@ class STDCContextPathNet(nn.Module):
         only and leaves the context path as initialised.
         """
         sd = dict(state_dict)
-        for prefix in ("module.", "backbone."):
-            if sd and all(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix) :]: v for k, v in sd.items()}
+        sd = backbone_part(sd, use=None)  # our keys include backbone.* (the STDCNet)
         if sd and all(k.startswith("stages.") for k in sd):
             self.backbone.load_state_dict(
                 convert_realtime_state_dict(sd, source=source, model=self.backbone)

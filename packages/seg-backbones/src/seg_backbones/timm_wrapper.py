@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._features import FeatureInfo
+from .pretrained import IncompatibleWeightsError, listing
 
 __all__ = ["SOURCES", "TimmBackbone", "create_timm_backbone"]
 
@@ -182,8 +183,6 @@ class TimmBackbone(nn.Module):
         ``hidden_states_norms.stageK``, mmseg ``normK``) when it has one for every output;
         otherwise (ImageNet checkpoints) they keep their initialisation, with a warning.
         """
-        from .pretrained import IncompatibleWeightsError
-
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}; valid sources are {list(SOURCES)}")
         sd, ignored = _backbone_part(dict(state_dict), self.name)
@@ -235,8 +234,6 @@ class TimmBackbone(nn.Module):
         self, state_dict: Mapping[str, Tensor], ignored: list[str], *, source: str
     ) -> None:
         """Strictly load timm-named keys (``@norm.<stage>.<param>``: output norms)."""
-        from .pretrained import IncompatibleWeightsError, listing
-
         own = self.model.state_dict()
         by_norm = {k.replace("_", "."): k for k in own}
         sd: dict[str, Tensor] = {}
@@ -417,8 +414,6 @@ def _rename(
     sd: Mapping[str, Tensor], rules: list[_Rule], ignore: list[str], where: str
 ) -> tuple[dict[str, Tensor], list[str]]:
     """Rename every key by the first matching rule; known unused keys are returned apart."""
-    from .pretrained import IncompatibleWeightsError, listing
-
     out: dict[str, Tensor] = {}
     ignored: list[str] = []
     unknown: list[str] = []
@@ -441,8 +436,6 @@ def _rename(
 
 def _merge_qkv(sd: dict[str, Tensor], where: str) -> dict[str, Tensor]:
     """HF's separate query/key/value -> timm's ``qkv`` (concatenated q, k, v)."""
-    from .pretrained import IncompatibleWeightsError
-
     parts: dict[tuple[str, str], dict[str, Tensor]] = {}
     out = {}
     for k, v in sd.items():
@@ -474,8 +467,6 @@ def _unfold_to_timm(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _hf_swin(sd: Mapping[str, Tensor], where: str) -> tuple[dict[str, Tensor], list[str]]:
-    from .pretrained import IncompatibleWeightsError
-
     if "embeddings.position_embeddings" in sd:
         raise IncompatibleWeightsError(
             f"{where}: HF Swin with use_absolute_embeddings=True has no timm equivalent"
@@ -489,8 +480,6 @@ def _hf_convnext(sd: Mapping[str, Tensor], where: str) -> tuple[dict[str, Tensor
 
 
 def _mmseg_swin(sd: Mapping[str, Tensor], where: str) -> tuple[dict[str, Tensor], list[str]]:
-    from .pretrained import IncompatibleWeightsError
-
     if "absolute_pos_embed" in sd:
         raise IncompatibleWeightsError(
             f"{where}: mmseg Swin with use_abs_pos_embed=True has no timm equivalent"
@@ -521,8 +510,6 @@ _CLASSIFIER_PARTS = ("head", "neck", "classifier", "pooler", "data_preprocessor"
 
 def _backbone_part(sd: dict[str, Tensor], name: str) -> tuple[dict[str, Tensor], list[str]]:
     """Strip wrapper prefixes; return the backbone keys and the classifier keys dropped."""
-    from .pretrained import IncompatibleWeightsError
-
     ignored = [k for k in sd if k.split(".")[0] in _CLASSIFIER_PARTS]
     sd = {k: v for k, v in sd.items() if k not in ignored}
     for prefix in _PREFIXES:
