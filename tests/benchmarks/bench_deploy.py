@@ -4,9 +4,9 @@ Run with ``nox -s bench -- deploy`` (never run by CI) or directly:
 ``python tests/benchmarks/bench_deploy.py [--sizes 512x512 480x360] [--iters 10] [--rounds 3]``.
 
 For torchvision's DeepLabV3-ResNet50 (output stride 8) and LR-ASPP-MobileNetV3-Large, side by
-side in one process, interleaved round by round (each round times every path once, the
-median round is reported), at 512x512 and CamVid's 480x360 (W x H), batch 1, fp32 unless
-said:
+side in one process, interleaved forward by forward (``--rounds`` x ``--iters`` cycles, each
+timing one forward of every path in a rotating order; images/s from the median forward
+time), at 512x512 and CamVid's 480x360 (W x H), batch 1, fp32 unless said:
 
 - ``torchvision``: torchvision's model, eager (the reference of the ratios);
 - ``ours eager``: the PKUSeg twin with torchvision's weights (``seg_heads.convert.
@@ -155,25 +155,31 @@ def time_paths(
     warmup: int,
     rounds: int,
 ) -> dict[str, dict[str, float]]:
-    """Images/s (median over rounds, each round times every path in turn) and output checks."""
+    """Images/s (from the median single-forward time) and output checks.
+
+    The paths take turns forward by forward: ``rounds * iters`` cycles, each timing one
+    forward of every path, the order rotated by one path per cycle. A slow spell of the
+    machine then hits every path alike instead of the ones that happened to run in it.
+    """
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(2))
     outputs = {}
     for name, run in runners.items():
         for _ in range(max(warmup, 1)):
             outputs[name] = torch.as_tensor(run(x)).float()
-    rates: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
+    names = list(runners)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for cycle in range(rounds * iters):
+        shift = cycle % len(names)
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            for _ in range(iters):
-                run(x)
-            rates[name].append(iters / (time.perf_counter() - start))
+            runners[name](x)
+            times[name].append(time.perf_counter() - start)
     ref = outputs["ours eager"] if "ours eager" in outputs else next(iter(outputs.values()))
     result = {}
-    for name in runners:
+    for name in names:
         out = outputs[name]
         result[name] = {
-            "images_per_s": statistics.median(rates[name]),
+            "images_per_s": 1.0 / statistics.median(times[name]),
             "max_abs_diff": (out - ref).abs().max().item(),
             "argmax_agree": (out.argmax(1) == ref.argmax(1)).float().mean().item(),
         }
@@ -198,7 +204,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     p.add_argument("--sizes", nargs="+", default=["512x512", "480x360"], help="WxH")
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
-    p.add_argument("--iters", type=int, default=10, help="timed forwards per path and round")
+    p.add_argument("--iters", type=int, default=10, help="cycles per round (rounds x iters in all)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
