@@ -3,8 +3,8 @@
 This is the one home of these helpers for all of PKUSeg (seg_heads' converters and the
 trainer use them too):
 
-* :func:`read_state_dict`: a ``.pth``/``.pt``/``.bin``/``.ckpt`` file (``torch.load(...,
-  weights_only=True)``; the only extra types allowed are the numpy scalar/array
+* :func:`read_state_dict`: a ``.pth``/``.pt``/``.bin``/``.ckpt`` file (``torch.load`` with
+  ``weights_only=True``; the only extra types allowed are the numpy scalar/array
   reconstructors that model-zoo ``meta`` dicts contain), a ``.safetensors`` file, or a
   mapping; zoo wrappers (``{"state_dict": ...}``, ``{"model": ...}``) are unwrapped and a
   ``module.`` prefix (DataParallel/DDP) is stripped.

@@ -1,7 +1,7 @@
 """What every converter shares: renaming keys and building + loading strictly.
 
-Files are read by :func:`seg_backbones.read_state_dict` (``torch.load(...,
-weights_only=True)``; the only extra types allowed are the numpy reconstructors that the
+Files are read by :func:`seg_backbones.read_state_dict` (``torch.load`` with
+``weights_only=True``; the only extra types allowed are the numpy reconstructors that the
 model zoos' ``meta`` dicts contain; no fallback to full unpickling), exported here as
 ``load_checkpoint``; keys are checked by :func:`seg_backbones.pretrained.check_state_dict`.
 """
