@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Deployment check on a trained CamVid checkpoint (docs/results.md, "On a trained CamVid
 # model"); never run by CI. Exports fp32 and int8 ONNX at 480x360, evaluates the test split
-# through PyTorch, onnxruntime and OpenVINO (fp32) and onnxruntime (int8), then times each
-# path at batch 1 (tests/benchmarks/camvid_deploy_speed.py). Needs `seg-trainer[deploy]`.
+# through PyTorch, onnxruntime and OpenVINO (fp32 and int8), then times each path at batch 1
+# (tests/benchmarks/camvid_deploy_speed.py; for a torchvision twin such as
+# deeplabv3_r50_camvid_288x288 beside torchvision's own eager model). Needs `seg-trainer[deploy]`.
 #
 #   bash tests/benchmarks/camvid_deploy.sh [CONFIG_NAME] [CAMVID_ROOT]
 # CONFIG_NAME: a finished tests/benchmarks/camvid.sh run (default ddrnet_23-slim_camvid_288x288).
@@ -20,6 +21,10 @@ for b in onnxruntime openvino; do
   seg-eval --backend $b --checkpoint "$out/fp32.onnx" --split test --no-progress \
     --set "data.root=$root" "output_dir=$out/fp32"
 done
-seg-eval --backend onnxruntime --checkpoint "$out/int8.onnx" --split test --no-progress \
-  --set "data.root=$root" "output_dir=$out/int8"
-python tests/benchmarks/camvid_deploy_speed.py "$ck" "$out"
+for b in onnxruntime openvino; do
+  seg-eval --backend $b --checkpoint "$out/int8.onnx" --split test --no-progress \
+    --set "data.root=$root" "output_dir=$out/int8"
+done
+tv=()
+case $name in deeplabv3_r50_*) tv=(--torchvision deeplabv3_resnet50) ;; esac
+python tests/benchmarks/camvid_deploy_speed.py "$ck" "$out" "${tv[@]}"
